@@ -1,0 +1,60 @@
+"""A network as a pure function of parameter dicts: the training loss and per-client predictions."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+Params = Dict[str, torch.Tensor]
+
+
+def make_loss(module: nn.Module, buffers: Params, X: torch.Tensor, y: torch.Tensor):
+    """Cross-entropy of ``module`` on rows ``X[idx]``, weighted by a 0/1 ``mask``.
+
+    Returns ``loss(shared, personal, idx, mask) -> (mean, (sum, count))``, the form the local
+    updates in :mod:`pfedest.algorithms` take. ``X`` and ``y`` are all clients' rows; the loss
+    reads only the rows it is given indices of.
+    """
+
+    def loss(shared: Params, personal: Params, idx: torch.Tensor, mask: torch.Tensor):
+        logits = functional_call(module, ({**shared, **personal}, buffers), (X[idx],))
+        rows = F.cross_entropy(logits, y[idx], reduction="none")
+        total = (rows * mask).sum()
+        count = mask.sum()
+        return total / count.clamp_min(1.0), (total.detach(), count)
+
+    return loss
+
+
+def personalized_logits(module: nn.Module, buffers: Params, shared: Params, personal: Params,
+                        X: torch.Tensor, rows_personal: torch.Tensor, max_elements: int = 2**24) -> torch.Tensor:
+    """Logits of each row of ``X`` under its own client's personal parameters.
+
+    Parameters
+    ----------
+    personal : dict of str to Tensor
+        Personal parameters stacked on a leading axis.
+    rows_personal : Tensor of int64, shape (n_rows,)
+        For each row, the index into that axis.
+    max_elements : int
+        Rows are processed in chunks whose gathered personal parameters hold at most this many
+        numbers (at least one row per chunk).
+    """
+    if not personal:
+        return functional_call(module, (shared, buffers), (X,))
+
+    def one_row(v: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(module, ({**shared, **v}, buffers), (x[None],))[0]
+
+    per_row = sum(p[0].numel() for p in personal.values())
+    chunk = max(1, max_elements // max(per_row, 1))
+    out = []
+    for start in range(0, len(X), chunk):
+        rows = rows_personal[start:start + chunk]
+        v = {k: p[rows] for k, p in personal.items()}
+        out.append(vmap(one_row)(v, X[start:start + chunk]))
+    return torch.cat(out)

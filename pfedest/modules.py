@@ -1,0 +1,170 @@
+"""Default networks and the adapter modules that the ``"adapters"`` split makes personal."""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """A plain ReLU multilayer perceptron for flat features.
+
+    Parameters
+    ----------
+    n_features : int
+        Width of the input.
+    n_classes : int
+        Number of outputs (logits).
+    hidden_layer_sizes : sequence of int, default=(64, 64)
+        Widths of the hidden layers.
+    """
+
+    def __init__(self, n_features: int, n_classes: int, hidden_layer_sizes: Sequence[int] = (64, 64)):
+        super().__init__()
+        widths = [n_features, *hidden_layer_sizes]
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        layers.append(nn.Linear(widths[-1], n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+class SmallCNN(nn.Module):
+    """Two convolutions, global average pooling and two linear layers, for ``(C, H, W)`` images.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the input images.
+    n_classes : int
+        Number of outputs (logits).
+    channels : tuple of int, default=(16, 32)
+        Output channels of the two 3x3 convolutions.
+    hidden : int, default=64
+        Width of the hidden linear layer.
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, channels: Sequence[int] = (16, 32), hidden: int = 64):
+        super().__init__()
+        c1, c2 = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c2, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def default_module(input_shape: tuple[int, ...], n_classes: int, hidden_layer_sizes: Sequence[int]) -> nn.Module:
+    """The network pfedest builds when ``module=None``: an MLP for flat rows, a small CNN for images.
+
+    ``input_shape`` is the shape of one row: ``(n_features,)``, ``(H, W)`` or ``(C, H, W)``.
+    """
+    if len(input_shape) == 3:
+        return SmallCNN(input_shape[0], n_classes)
+    if len(input_shape) == 2:
+        return nn.Sequential(_AddChannel(), SmallCNN(1, n_classes))
+    n_features = int(torch.Size(input_shape).numel())
+    return MLP(n_features, n_classes, hidden_layer_sizes)
+
+
+class _AddChannel(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(1)
+
+
+class Adapter(nn.Module):
+    """A residual bottleneck ``x + up(relu(down(x)))`` over the feature (or channel) axis.
+
+    ``up`` starts at zero, so an inserted adapter is the identity until it is trained.
+
+    Parameters
+    ----------
+    dim : int
+        Features (or channels, with ``conv=True``) of the wrapped layer's output.
+    width : int
+        Bottleneck width.
+    conv : bool, default=False
+        Use 1x1 convolutions, for ``(N, C, H, W)`` activations.
+    """
+
+    def __init__(self, dim: int, width: int, conv: bool = False):
+        super().__init__()
+        make = (lambda i, o: nn.Conv2d(i, o, 1)) if conv else nn.Linear
+        self.down = make(dim, width)
+        self.up = make(width, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(torch.relu(self.down(x)))
+
+
+class AdaptedLayer(nn.Module):
+    """A layer followed by its adapter; replaces the layer in place so ``forward`` code is unchanged."""
+
+    def __init__(self, layer: nn.Module, adapter: Adapter):
+        super().__init__()
+        self.layer = layer
+        self.adapter = adapter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.layer(x))
+
+
+def adaptable_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The ``Linear`` and ``Conv2d`` layers that get an adapter: all but the last layer with parameters.
+
+    The output layer gets none: an adapter there would be a second, personal output layer.
+    """
+    with_params = [(n, m) for n, m in module.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    candidates = with_params[:-1]
+    return [(n, m) for n, m in candidates if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def adapter_parameter_count(module: nn.Module, width: int) -> int:
+    """Number of parameters the adapters of ``insert_adapters(module, width)`` would add."""
+    total = 0
+    for _, layer in adaptable_layers(module):
+        dim = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+        total += 2 * dim * width + width + dim
+    return total
+
+
+def insert_adapters(module: nn.Module, width: int) -> nn.Module:
+    """Return a copy of ``module`` with an :class:`Adapter` after every adaptable layer.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network; it is not modified.
+    width : int
+        Bottleneck width of every adapter.
+
+    Returns
+    -------
+    torch.nn.Module
+        The copy, whose adapter parameters have ``.adapter.`` in their names.
+    """
+    module = copy.deepcopy(module)
+    targets = adaptable_layers(module)
+    if not targets:
+        raise ValueError(
+            f"{type(module).__name__} has no Linear or Conv2d layer before its output layer to put an "
+            "adapter after; use split='head' or 'input' for this module."
+        )
+    for name, layer in targets:
+        conv = isinstance(layer, nn.Conv2d)
+        dim = layer.out_channels if conv else layer.out_features
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, AdaptedLayer(layer, Adapter(dim, width, conv=conv)))
+    return module
