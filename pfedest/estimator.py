@@ -272,7 +272,8 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         y : ndarray of shape (n_samples,)
             Labels from ``classes_``.
         """
-        return self.classes_[self._logits(X, client_ids).argmax(1).cpu().numpy()]
+        best = self._logits(X, client_ids).argmax(1).cpu().numpy()
+        return self.classes_[best]
 
     def score(self, X, y, client_ids=None, sample_weight=None):
         """Accuracy of ``predict(X, client_ids)`` against ``y`` (each row by its own client's model).
@@ -377,7 +378,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
             module, personal_names = make_split(self.split).resolve(self._build_module(self.input_shape_))
         with torch.no_grad():
             try:
-                out = module(torch.as_tensor(X[:1], dtype=torch.float32))
+                out = module(torch.as_tensor(np.array(X[:1]), dtype=torch.float32))
             except Exception as exc:
                 raise ValueError(f"The module failed on a batch of shape {(1, *X.shape[1:])}: {exc}") from exc
         if tuple(out.shape) != (1, len(self.classes_)):
@@ -468,14 +469,14 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
             personal = {k: torch.cat([v, v.mean(0, keepdim=True)]) for k, v in personal.items()}
             rows = np.where(rows < 0, len(self.clients_), rows)
         device = self.device_
-        X_t = torch.as_tensor(X, dtype=torch.float32, device=device)
+        X_t = torch.as_tensor(np.array(X, dtype=np.float32), device=device)  # a copy: X may be read-only
         with torch.no_grad():
             return personalized_logits(self.module_, dict(self.module_.named_buffers()), self.shared_params_,
                                        personal, X_t, torch.as_tensor(rows, device=device))
 
     # ------------------------------------------------------------- pickling
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # object.__getstate__ returns __dict__ itself
         cpu = torch.device("cpu")
         if "module_" in state:
             state["module_"] = copy.deepcopy(state["module_"]).to(cpu)

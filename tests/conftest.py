@@ -1,0 +1,22 @@
+import numpy as np
+import pytest
+
+from pfedest.datasets import make_shifted_clients
+
+
+@pytest.fixture(scope="session")
+def federated():
+    """A small non-IID federation: 6 clients, unequal sizes."""
+    return make_shifted_clients(n_clients=6, n_samples_per_client=(15, 40), n_features=5, n_classes=3,
+                                random_state=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two cores shared with other jobs: more threads only slow the tiny models of the tests down."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

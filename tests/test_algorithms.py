@@ -1,0 +1,115 @@
+"""FedAlt and FedSim local updates checked against steps computed by hand."""
+
+import numpy as np
+import pytest
+import torch
+
+from pfedest.algorithms import ALGORITHMS, StepSizes, fedalt, fedsim, personal_only, sgd_step
+
+A = np.array([1.0, 2.0, -1.0, 0.5])
+B = np.array([0.5, -1.0, 2.0, 1.0])
+T = np.array([1.0, 0.0, 2.0, -1.0])
+
+
+def quadratic_loss(shared, personal, idx, mask):
+    """0.5 * (a u + b v - t)^2 per row: a two-block model whose gradients are easy by hand."""
+    a, b, t = (torch.tensor(z, dtype=torch.float64)[idx] for z in (A, B, T))
+    rows = 0.5 * (a * shared["u"] + b * personal["v"] - t) ** 2
+    total = (rows * mask).sum()
+    count = mask.sum()
+    return total / count.clamp_min(1.0), (total.detach(), count)
+
+
+def by_hand_grads(u, v, rows):
+    r = A[rows] * u + B[rows] * v - T[rows]
+    return np.mean(r * A[rows]), np.mean(r * B[rows])
+
+
+def stream(batches):
+    idx = torch.tensor(batches)
+    return idx, torch.ones(idx.shape, dtype=torch.float64)
+
+
+P_BATCHES = [[0, 1], [2, 3]]
+S_BATCHES = [[1, 2], [0, 3], [3, 1]]
+LR = StepSizes(shared=0.1, personal=0.3)
+
+
+def start():
+    return {"u": torch.tensor(0.5, dtype=torch.float64)}, {"v": torch.tensor(-0.25, dtype=torch.float64)}
+
+
+def test_fedalt_updates_personal_then_shared_with_the_new_personal():
+    u, v = 0.5, -0.25
+    for rows in P_BATCHES:  # v moves, u fixed
+        v -= LR.personal * by_hand_grads(u, v, rows)[1]
+    for rows in S_BATCHES:  # u moves, the new v fixed
+        u -= LR.shared * by_hand_grads(u, v, rows)[0]
+    shared, personal = start()
+    new_u, new_v, _ = fedalt(quadratic_loss, shared, personal,
+                             {"personal": stream(P_BATCHES), "shared": stream(S_BATCHES)}, LR)
+    assert new_u["u"].item() == pytest.approx(u, abs=1e-12)
+    assert new_v["v"].item() == pytest.approx(v, abs=1e-12)
+
+
+def test_fedsim_updates_both_from_the_same_minibatch():
+    u, v = 0.5, -0.25
+    for rows in S_BATCHES:
+        gu, gv = by_hand_grads(u, v, rows)  # both gradients at the same point
+        u, v = u - LR.shared * gu, v - LR.personal * gv
+    shared, personal = start()
+    new_u, new_v, _ = fedsim(quadratic_loss, shared, personal, {"joint": stream(S_BATCHES)}, LR)
+    assert new_u["u"].item() == pytest.approx(u, abs=1e-12)
+    assert new_v["v"].item() == pytest.approx(v, abs=1e-12)
+
+
+def test_fedalt_and_fedsim_differ_when_the_blocks_are_coupled():
+    shared, personal = start()
+    alt = fedalt(quadratic_loss, shared, personal, {"personal": stream(S_BATCHES), "shared": stream(S_BATCHES)}, LR)
+    sim = fedsim(quadratic_loss, shared, personal, {"joint": stream(S_BATCHES)}, LR)
+    assert abs(alt[0]["u"].item() - sim[0]["u"].item()) > 1e-3
+
+
+def test_personal_only_never_moves_the_shared_part():
+    shared, personal = start()
+    new_u, new_v, _ = personal_only(quadratic_loss, shared, personal, {"personal": stream(P_BATCHES)}, LR)
+    assert new_u["u"].item() == 0.5
+    assert new_v["v"].item() != -0.25
+
+
+def test_a_fully_masked_step_changes_nothing_and_a_partial_mask_ignores_padding():
+    shared, personal = start()
+    idx = torch.tensor([0, 1])
+    u, v, (total, count) = sgd_step(quadratic_loss, shared, personal, idx, torch.zeros(2, dtype=torch.float64),
+                                    0.1, 0.3)
+    assert u["u"].item() == 0.5 and v["v"].item() == -0.25 and count.item() == 0
+    u, v, _ = sgd_step(quadratic_loss, shared, personal, idx, torch.tensor([1.0, 0.0], dtype=torch.float64), 0.1, 0.3)
+    gu, gv = by_hand_grads(0.5, -0.25, [0])
+    assert u["u"].item() == pytest.approx(0.5 - 0.1 * gu)
+    assert v["v"].item() == pytest.approx(-0.25 - 0.3 * gv)
+
+
+def test_loss_totals_count_every_real_row_of_every_step():
+    shared, personal = start()
+    _, _, (total, count) = fedalt(quadratic_loss, shared, personal,
+                                  {"personal": stream(P_BATCHES), "shared": stream(S_BATCHES)}, LR)
+    assert count.item() == 2 * (len(P_BATCHES) + len(S_BATCHES))
+    assert total.item() > 0
+
+
+def test_empty_blocks_are_skipped():
+    shared, personal = start()
+    new_u, new_v, _ = fedsim(quadratic_loss, {}, personal, {"joint": stream(S_BATCHES)},
+                             StepSizes(shared=0.1, personal=0.3)) if False else (None, None, None)
+    # an empty shared part (split="full") and an empty personal part (split="none")
+    loss_v = lambda s, p, i, m: quadratic_loss({"u": torch.tensor(0.5, dtype=torch.float64)}, p, i, m)
+    u, v, _ = fedalt(loss_v, {}, personal, {"personal": stream(P_BATCHES), "shared": stream(S_BATCHES)}, LR)
+    assert u == {} and v["v"].item() != -0.25
+    loss_u = lambda s, p, i, m: quadratic_loss(s, {"v": torch.tensor(-0.25, dtype=torch.float64)}, i, m)
+    u, v, _ = fedsim(loss_u, shared, {}, {"joint": stream(S_BATCHES)}, LR)
+    assert v == {} and u["u"].item() != 0.5
+
+
+def test_algorithm_registry_names_its_streams():
+    assert set(ALGORITHMS["fedalt"].streams) == {"personal", "shared"}
+    assert set(ALGORITHMS["fedsim"].streams) == {"joint"}

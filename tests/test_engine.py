@@ -1,0 +1,152 @@
+"""A round: loop and vmap agree, split='none' is FedAvg, personal state stays with its client."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pfedest import engine as engine_module
+from pfedest.algorithms import ALGORITHMS, StepSizes
+from pfedest.engine import choose_engine, run_round
+from pfedest.model import make_loss
+from pfedest.modules import MLP
+from pfedest.sampling import minibatch_stream, sample_clients
+from pfedest.splits import HeadSplit, NoSplit
+
+COUNTS = np.array([7, 30, 12, 1, 25, 18])  # unequal, one client with a single row
+CPU = torch.device("cpu")
+
+
+def federation(split, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(int(COUNTS.sum()), 6, generator=gen)
+    y = torch.randint(0, 3, (int(COUNTS.sum()),), generator=gen)
+    torch.manual_seed(seed)
+    module, personal_names = split.resolve(MLP(6, 3, (8,)))
+    params = {n: p.detach().clone() for n, p in module.named_parameters()}
+    shared = {n: p for n, p in params.items() if n not in personal_names}
+    personal = {n: params[n].expand(len(COUNTS), *params[n].shape).clone() for n in personal_names}
+    offsets = np.concatenate([[0], np.cumsum(COUNTS)[:-1]])
+    return module, X, y, shared, personal, offsets
+
+
+def train(algorithm, split, engine, rounds=3, per_round=4, steps=None, chunk=None, seed=0):
+    module, X, y, shared, personal, offsets = federation(split)
+    loss = make_loss(module, {}, X, y)
+    rng = np.random.default_rng(seed)
+    algo = ALGORITHMS[algorithm]
+    steps = steps or {name: None for name in algo.streams}
+    for _ in range(rounds):
+        sampled = sample_clients(rng, np.arange(len(COUNTS)), per_round)
+        shared, _ = run_round(algorithm=algo, loss=loss, shared=shared, personal_state=personal, counts=COUNTS,
+                              offsets=offsets, sampled=sampled, rng=rng, batch_size=8, steps=steps,
+                              lr=StepSizes(0.1, 0.2), engine=engine, server_lr=1.0, chunk_size=chunk, device=CPU)
+    return shared, personal
+
+
+@pytest.mark.parametrize("algorithm", ["fedalt", "fedsim"])
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_vmap_matches_the_loop(algorithm, chunk):
+    loop = train(algorithm, HeadSplit(), "loop")
+    vmapped = train(algorithm, HeadSplit(), "vmap", chunk=chunk)
+    for a, b in zip(loop, vmapped):
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_vmap_matches_the_loop_with_fixed_step_counts():
+    steps = {"personal": 3, "shared": 5}
+    loop = train("fedalt", HeadSplit(), "loop", steps=steps)
+    vmapped = train("fedalt", HeadSplit(), "vmap", steps=steps)
+    for k in loop[0]:
+        torch.testing.assert_close(loop[0][k], vmapped[0][k], rtol=1e-5, atol=1e-6)
+
+
+def test_split_none_is_fedavg():
+    """FedAvg written the usual way: one module, torch.optim.SGD, a weighted average of the weights."""
+    module, X, y, shared, _, offsets = federation(NoSplit())
+    ours, _ = train("fedalt", NoSplit(), "vmap", rounds=2)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        sampled = sample_clients(rng, np.arange(len(COUNTS)), 4)
+        minibatch_stream(rng, COUNTS[sampled], 8, None)  # FedAlt's (empty) personal phase draws first
+        idx, mask = minibatch_stream(rng, COUNTS[sampled], 8, None)
+        new = {k: torch.zeros_like(v) for k, v in shared.items()}
+        for c, client in enumerate(sampled):
+            module.load_state_dict(shared)
+            opt = torch.optim.SGD(module.parameters(), lr=0.1)
+            for step in range(idx.shape[1]):
+                rows = idx[c, step][mask[c, step] > 0] + offsets[client]
+                if len(rows) == 0:
+                    continue
+                opt.zero_grad()
+                nn.functional.cross_entropy(module(X[rows]), y[rows]).backward()
+                opt.step()
+            weight = COUNTS[client] / COUNTS[sampled].sum()
+            for k, p in module.named_parameters():
+                new[k] += weight * p.detach()
+        shared = new
+    for k in shared:
+        torch.testing.assert_close(ours[k], shared[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["loop", "vmap"])
+def test_unsampled_clients_keep_their_personal_part(engine):
+    module, X, y, shared, personal, offsets = federation(HeadSplit())
+    before = {k: v.clone() for k, v in personal.items()}
+    sampled = np.array([1, 4])
+    run_round(algorithm=ALGORITHMS["fedalt"], loss=make_loss(module, {}, X, y), shared=shared,
+              personal_state=personal, counts=COUNTS, offsets=offsets, sampled=sampled,
+              rng=np.random.default_rng(0), batch_size=8, steps={"personal": None, "shared": None},
+              lr=StepSizes(0.1, 0.1), engine=engine, server_lr=1.0, chunk_size=None, device=CPU)
+    for k in personal:
+        for client in range(len(COUNTS)):
+            unchanged = torch.equal(personal[k][client], before[k][client])
+            assert unchanged == (client not in sampled), (k, client)
+
+
+def test_aggregation_never_sees_personal_parameters(monkeypatch):
+    seen = []
+
+    class Recording(engine_module.WeightedAverage):
+        def add(self, client_shared, weights):
+            seen.append({k: v.shape for k, v in client_shared.items()})
+            super().add(client_shared, weights)
+
+    monkeypatch.setattr(engine_module, "WeightedAverage", Recording)
+    module, X, y, shared, personal, offsets = federation(HeadSplit())
+    run_round(algorithm=ALGORITHMS["fedsim"], loss=make_loss(module, {}, X, y), shared=shared,
+              personal_state=personal, counts=COUNTS, offsets=offsets, sampled=np.array([0, 2, 5]),
+              rng=np.random.default_rng(0), batch_size=8, steps={"joint": None},
+              lr=StepSizes(0.1, 0.1), engine="vmap", server_lr=1.0, chunk_size=2, device=CPU)
+    assert len(seen) == 2  # two chunks
+    for shapes in seen:
+        assert set(shapes) == set(shared) and not set(shapes) & set(personal)
+
+
+def test_a_nonfinite_round_changes_nothing():
+    module, X, y, shared, personal, offsets = federation(HeadSplit())
+    X[offsets[4]] = float("nan")  # client 4 holds a NaN row
+    before = {k: v.clone() for k, v in personal.items()}
+    new_shared, result = run_round(
+        algorithm=ALGORITHMS["fedalt"], loss=make_loss(module, {}, X, y), shared=shared, personal_state=personal,
+        counts=COUNTS, offsets=offsets, sampled=np.array([0, 1, 4, 5]), rng=np.random.default_rng(0),
+        batch_size=8, steps={"personal": None, "shared": None}, lr=StepSizes(0.1, 0.1), engine="vmap",
+        server_lr=1.0, chunk_size=1, device=CPU)
+    assert not result.finite
+    for k in personal:
+        assert torch.equal(personal[k], before[k])
+    for k in shared:
+        assert torch.equal(new_shared[k], shared[k])
+
+
+def test_auto_engine_falls_back_for_batchnorm_and_warns_when_vmap_is_forced():
+    plain = MLP(4, 2)
+    assert choose_engine("auto", plain, CPU, 10_000) == "vmap"
+    assert choose_engine("auto", plain, CPU, 10_000_000) == "loop"
+    assert choose_engine("auto", plain, torch.device("cuda"), 10_000_000) == "vmap"
+    with_bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    assert choose_engine("auto", with_bn, CPU, 10) == "loop"
+    with pytest.warns(UserWarning, match="BatchNorm1d"):
+        assert choose_engine("vmap", with_bn, CPU, 10) == "loop"
