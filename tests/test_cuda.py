@@ -1,0 +1,39 @@
+"""CUDA: training stays on the GPU, results come back as NumPy, models load on a CPU-only machine."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from pfedest import PartialPersonalizedClassifier
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+@pytest.mark.parametrize("engine", ["loop", "vmap"])
+def test_auto_device_trains_on_the_gpu(federated, engine):
+    X, y, c = federated
+    est = PartialPersonalizedClassifier(n_rounds=3, engine=engine, random_state=0).fit(X, y, client_ids=c)
+    assert est.device_.type == "cuda"
+    assert all(v.is_cuda for v in est.shared_params_.values())
+    assert all(v.is_cuda for v in est.personal_params_.values())
+    proba = est.predict_proba(X, client_ids=c)
+    assert isinstance(proba, np.ndarray) and proba.shape == (len(X), 3)
+
+
+def test_gpu_and_cpu_runs_agree(federated):
+    X, y, c = federated
+    gpu = PartialPersonalizedClassifier(n_rounds=3, device="cuda", random_state=0).fit(X, y, client_ids=c)
+    cpu = PartialPersonalizedClassifier(n_rounds=3, device="cpu", random_state=0).fit(X, y, client_ids=c)
+    for k in cpu.shared_params_:
+        torch.testing.assert_close(gpu.shared_params_[k].cpu(), cpu.shared_params_[k], rtol=1e-3, atol=1e-4)
+
+
+def test_pickle_holds_cpu_tensors(federated):
+    X, y, c = federated
+    est = PartialPersonalizedClassifier(n_rounds=2, device="cuda", random_state=0).fit(X, y, client_ids=c)
+    state = est.__getstate__()
+    assert all(not v.is_cuda for v in state["shared_params_"].values())
+    loaded = pickle.loads(pickle.dumps(est))
+    np.testing.assert_allclose(loaded.predict_proba(X, client_ids=c), est.predict_proba(X, client_ids=c), rtol=1e-5)
