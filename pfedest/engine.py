@@ -131,3 +131,42 @@ def run_round(*, algorithm: Algorithm, loss, shared: Params, personal_state: Par
     new_shared = server.step(shared, server_lr) if aggregate else dict(shared)
     return new_shared, RoundResult(float(loss_sum), float(row_count),
                                    bytes_per_client * len(sampled) if aggregate else 0)
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory free for new tensors on ``device`` (Linux and CUDA report it; elsewhere 4 GiB is assumed)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
+def bytes_per_client(module: nn.Module, example_row: torch.Tensor, batch_size: int) -> int:
+    """What one client costs in a batched round: its copies of the parameters (shared and personal,
+    with their gradients and the SGD update) and the activations of a minibatch, forward and backward."""
+    n_params = sum(p.numel() for p in module.parameters())
+    activations = 0
+
+    def count(_module, _inputs, output):
+        nonlocal activations
+        if isinstance(output, torch.Tensor):
+            activations += output.numel()
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            module(example_row)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return 4 * (4 * n_params + 3 * batch_size * activations)
+
+
+def auto_chunk_size(device: torch.device, per_client: int, share: float = 0.5) -> int:
+    """Clients per batched chunk so that a chunk uses at most ``share`` of the free memory."""
+    return max(1, int(share * free_memory_bytes(device)) // max(per_client, 1))

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .algorithms import ALGORITHMS, StepSizes
 from .devices import resolve_device, to_device
-from .engine import ENGINES, choose_engine, run_round
+from .engine import ENGINES, auto_chunk_size, bytes_per_client, choose_engine, run_round
 from .history import History
 from .model import make_loss, personalized_logits
 from .modules import default_module
@@ -73,7 +73,8 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         ``"vmap"`` trains a round's clients in one batched computation, ``"loop"`` one after
         another; ``"auto"`` picks by device and model.
     max_clients_per_batch : int or None, default=None
-        With ``engine="vmap"``, clients are trained in chunks of at most this many (less memory).
+        A round's clients are trained in chunks of at most this many (less memory); ``None`` sizes
+        chunks to use at most half of the device's free memory.
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available (then Apple ``mps``), else the CPU.
     unseen_clients : {"error", "average"}, default="error"
@@ -396,6 +397,13 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = History()
         n_params = sum(p.numel() for p in params.values())
         self.engine_ = choose_engine(self.engine, self.module_, self.device_, n_params)
+        example = torch.as_tensor(np.array(X[:1]), dtype=torch.float32, device=self.device_)
+        self._bytes_per_client = bytes_per_client(self.module_, example, self.batch_size)
+
+    def _chunk_size(self):
+        if self.max_clients_per_batch is not None:
+            return self.max_clients_per_batch
+        return auto_chunk_size(self.device_, self._bytes_per_client)
 
     def _steps(self, algorithm):
         per_block = {"personal": self.personal_steps, "shared": self.shared_steps}
@@ -432,7 +440,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
                 algorithm=algorithm, loss=loss, shared=self.shared_params_, personal_state=self.personal_params_,
                 counts=counts, offsets=offsets, sampled=sampled, rng=self._rng, batch_size=self.batch_size,
                 steps=steps, lr=lr, engine=self.engine_, server_lr=self.server_lr,
-                chunk_size=self.max_clients_per_batch, device=device, aggregate=aggregate)
+                chunk_size=self._chunk_size(), device=device, aggregate=aggregate)
             round_number = len(self.history_) + 1
             if not result.finite or not all(torch.isfinite(v).all() for v in shared.values()):
                 raise FloatingPointError(

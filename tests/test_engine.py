@@ -150,3 +150,15 @@ def test_auto_engine_falls_back_for_batchnorm_and_warns_when_vmap_is_forced():
     assert choose_engine("auto", with_bn, CPU, 10) == "loop"
     with pytest.warns(UserWarning, match="BatchNorm1d"):
         assert choose_engine("vmap", with_bn, CPU, 10) == "loop"
+
+
+def test_memory_estimate_grows_with_model_and_batch_and_bounds_the_chunk():
+    from pfedest.engine import auto_chunk_size, bytes_per_client
+
+    row = torch.zeros(1, 6)
+    small, large = MLP(6, 3, (8,)), MLP(6, 3, (256, 256))
+    assert bytes_per_client(small, row, 16) < bytes_per_client(large, row, 16)
+    assert bytes_per_client(small, row, 16) < bytes_per_client(small, row, 64)
+    per_client = bytes_per_client(large, row, 16)
+    assert auto_chunk_size(CPU, per_client) >= 1
+    assert auto_chunk_size(CPU, 10**15) == 1

@@ -285,3 +285,12 @@ def test_predict_checks_the_input_shape(federated):
         est.predict(X, client_ids=c[:-1])
     with pytest.raises(ValueError, match="unseen"):
         est.personalize(X, np.full(len(y), 7), client_ids=c)
+
+
+def test_chunked_rounds_train_the_same_model(federated):
+    whole = fitted(federated, clients_per_round=6)
+    chunked = fitted(federated, clients_per_round=6, max_clients_per_batch=2)
+    for k in whole.shared_params_:
+        torch.testing.assert_close(whole.shared_params_[k], chunked.shared_params_[k], rtol=1e-5, atol=1e-6)
+    for k in whole.personal_params_:
+        torch.testing.assert_close(whole.personal_params_[k], chunked.personal_params_[k], rtol=1e-5, atol=1e-6)
