@@ -45,7 +45,8 @@ def minibatch_stream(rng: np.random.Generator, counts: np.ndarray, batch_size: i
     steps : int or None
         ``None``: one epoch, ``ceil(count / batch_size)`` steps for each client, the last one
         possibly partial. An int: that many steps for every client, each of
-        ``min(batch_size, count)`` rows, going through shuffled epochs of the client's rows.
+        ``b = min(batch_size, count)`` distinct rows, going through shuffled epochs of
+        ``count // b`` minibatches (the ``count % b`` rows left over sit out that epoch).
 
     Returns
     -------
@@ -63,14 +64,17 @@ def minibatch_stream(rng: np.random.Generator, counts: np.ndarray, batch_size: i
         flat = np.where(valid, position[None], 0).reshape(n, -1)
         idx = np.take_along_axis(perm, flat, axis=1).reshape(n, n_steps, batch_size)
     else:
+        # Epochs of k = count // b full minibatches of b = min(batch_size, count) distinct rows; the
+        # count % b rows left over are dropped for that epoch (each epoch is shuffled afresh), so
+        # no minibatch holds a row twice.
         per_step = np.minimum(batch_size, counts)
+        per_epoch = counts // per_step
         step = np.arange(steps)[None, :, None]
         col = np.arange(batch_size)[None, None, :]
         valid = np.broadcast_to(col < per_step[:, None, None], (n, steps, batch_size))
-        position = np.where(valid, step * per_step[:, None, None] + col, 0)
-        n_epochs = int(np.max(-(-(steps * per_step) // counts)))
-        perm = _permutations(rng, counts, n_epochs)
-        epoch, within = np.divmod(position, counts[:, None, None])
+        epoch, step_in_epoch = np.divmod(step, per_epoch[:, None, None])
+        within = np.where(valid, step_in_epoch * per_step[:, None, None] + col, 0)
+        perm = _permutations(rng, counts, int(np.max(-(-steps // per_epoch))))
         idx = perm[np.arange(n)[:, None, None], epoch, within]
     idx = np.where(valid, idx, 0).astype(np.int64)
     return idx, valid.astype(np.float32)

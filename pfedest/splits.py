@@ -84,7 +84,7 @@ def _leading_layers(layers, fraction: float | None, total: int) -> list[str]:
     for _, names, count in layers[:-1] if len(layers) > 1 else layers:
         chosen += names
         size += count
-        if fraction is None or size >= fraction * total:
+        if fraction is None or size / total >= fraction:
             break
     return chosen
 
