@@ -1,10 +1,10 @@
 """FedAlt and FedSim: what one sampled client does in a round.
 
-Each local update is a pure function of the shared parameters ``u``, the client's personal
-parameters ``v`` (dicts of tensors) and the client's minibatch streams, so the engine can run it
-for one client at a time or ``torch.func.vmap`` it over many clients at once. A minibatch is a
-row of global data indices with a mask (0 marks padding), and ``loss(u, v, idx, mask)`` is the
-mask-weighted mean loss on those rows; a fully masked step has a zero gradient and changes
+A local update is a short sequence of SGD steps over minibatch streams. It is written once, in
+terms of a ``step`` function that the engine supplies: for one client it is :func:`sgd_step`
+itself; for many clients at once it is the same step vmapped over a leading client axis (see
+:mod:`pfedest.engine`). A stream is a sequence of ``(idx, mask)`` minibatches: global row
+indices and a 0/1 mask, 0 marking padding. A fully masked step has a zero gradient and changes
 nothing, which is how clients with fewer steps share one batched computation exactly.
 
 Pillutla et al., "Federated Learning with Partial Model Personalization", ICML 2022:
@@ -15,15 +15,18 @@ FedSim (Algorithm 2) updates both from the same minibatches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch.func import grad
 
 Params = Dict[str, torch.Tensor]
-Stream = Tuple[torch.Tensor, torch.Tensor]  # (indices [steps, batch], mask [steps, batch])
-# loss(shared, personal, idx, mask) -> (mean loss, (sum of row losses, number of rows))
-LossFn = Callable[[Params, Params, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]]
+Stats = Tuple[torch.Tensor, torch.Tensor]  # (sum of row losses, number of rows)
+Stream = Sequence[Tuple[torch.Tensor, torch.Tensor]]  # one (idx, mask) minibatch per step
+# loss(shared, personal, idx, mask) -> (mean loss, stats)
+LossFn = Callable[[Params, Params, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Stats]]
+# step(shared, personal, idx, mask, lr_shared, lr_personal) -> (shared, personal, stats)
+Step = Callable[..., Tuple[Params, Params, Stats]]
 
 
 @dataclass(frozen=True)
@@ -34,24 +37,39 @@ class StepSizes:
     personal: float
 
 
-def _sgd(params: Params, grads: Params, lr: float) -> Params:
-    return {k: p - lr * grads[k] for k, p in params.items()}
-
-
-def _loss_stats(loss: LossFn, shared: Params, personal: Params, idx, mask):
-    return loss(shared, personal, idx, mask)[1]
+def _sgd(params: Params, grads: Params, lr) -> Params:
+    # One fused pass over the weights (p - lr * g would read and write them twice): a batched
+    # round is bound by memory traffic on the parameters, not by arithmetic. A tensor ``lr``
+    # (compiled engines pass one, so a new rate does not recompile) takes the same single pass.
+    if isinstance(lr, torch.Tensor):
+        return {k: torch.addcmul(p, grads[k], lr, value=-1) for k, p in params.items()}
+    return {k: torch.sub(p, grads[k], alpha=lr) for k, p in params.items()}
 
 
 def sgd_step(loss: LossFn, shared: Params, personal: Params, idx: torch.Tensor, mask: torch.Tensor,
              lr_shared: Optional[float], lr_personal: Optional[float]):
-    """One SGD step on the blocks that get a learning rate (``None`` keeps a block fixed).
+    """One client's SGD step on the blocks that get a learning rate (``None`` keeps a block fixed).
 
-    Returns the new ``(shared, personal)`` and the step's ``(loss sum, row count)``.
+    Parameters
+    ----------
+    loss : callable
+        ``loss(shared, personal, idx, mask) -> (mean, (sum, count))``.
+    shared, personal : dict of str to Tensor
+    idx, mask : Tensor of shape (batch,)
+        The minibatch: row indices and 0/1 weights.
+    lr_shared, lr_personal : float or None
+
+    Returns
+    -------
+    shared, personal : dict
+        After the step.
+    stats : tuple of Tensor
+        The minibatch's ``(loss sum, row count)`` before the step.
     """
     blocks = [(0, shared, lr_shared), (1, personal, lr_personal)]
     trained = tuple(i for i, params, lr in blocks if lr is not None and params)
     if not trained:
-        return shared, personal, _loss_stats(loss, shared, personal, idx, mask)
+        return shared, personal, loss(shared, personal, idx, mask)[1]
     grads, stats = grad(loss, argnums=trained, has_aux=True)(shared, personal, idx, mask)
     grads = dict(zip(trained, grads))
     if 0 in grads:
@@ -61,26 +79,25 @@ def sgd_step(loss: LossFn, shared: Params, personal: Params, idx: torch.Tensor, 
     return shared, personal, stats
 
 
-def _run_stream(loss, shared, personal, stream: Stream, lr_shared, lr_personal, totals):
-    idx, mask = stream
-    for step in range(idx.shape[0]):
-        shared, personal, (loss_sum, count) = sgd_step(loss, shared, personal, idx[step], mask[step],
-                                                       lr_shared, lr_personal)
+def _run_stream(step: Step, shared, personal, stream: Stream, lr_shared, lr_personal, totals):
+    for idx, mask in stream:
+        shared, personal, (loss_sum, count) = step(shared, personal, idx, mask, lr_shared, lr_personal)
         totals = (totals[0] + loss_sum, totals[1] + count)
     return shared, personal, totals
 
 
-def fedalt(loss: LossFn, shared: Params, personal: Params, streams: Mapping[str, Stream], lr: StepSizes):
+def fedalt(step: Step, shared: Params, personal: Params, streams: Mapping[str, Stream], lr: StepSizes):
     """FedAlt's local update: ``v`` with ``u`` fixed, then ``u`` with the new ``v`` fixed.
 
     Parameters
     ----------
-    loss : callable
-        ``loss(shared, personal, idx, mask) -> (mean, (sum, count))``.
+    step : callable
+        ``step(shared, personal, idx, mask, lr_shared, lr_personal) -> (shared, personal, (sum, count))``,
+        :func:`sgd_step` with the loss bound, or its batched form.
     shared, personal : dict of str to Tensor
-        The client's starting point ``(u, v_i)``.
+        The starting point ``(u, v_i)``.
     streams : dict
-        ``"personal"`` and ``"shared"``: ``(idx, mask)`` of shape ``[steps, batch]`` each.
+        ``"personal"`` and ``"shared"``: sequences of ``(idx, mask)`` minibatches.
     lr : StepSizes
         Client learning rates.
 
@@ -88,26 +105,26 @@ def fedalt(loss: LossFn, shared: Params, personal: Params, streams: Mapping[str,
     -------
     shared, personal : dict
         ``u_i`` (sent to the server) and ``v_i+`` (kept by the client).
-    totals : tuple of Tensor
+    totals : tuple
         Sum of minibatch row losses and number of rows, over all local steps.
     """
     totals = (0.0, 0.0)
-    shared, personal, totals = _run_stream(loss, shared, personal, streams["personal"], None, lr.personal, totals)
-    shared, personal, totals = _run_stream(loss, shared, personal, streams["shared"], lr.shared, None, totals)
+    shared, personal, totals = _run_stream(step, shared, personal, streams["personal"], None, lr.personal, totals)
+    shared, personal, totals = _run_stream(step, shared, personal, streams["shared"], lr.shared, None, totals)
     return shared, personal, totals
 
 
-def fedsim(loss: LossFn, shared: Params, personal: Params, streams: Mapping[str, Stream], lr: StepSizes):
+def fedsim(step: Step, shared: Params, personal: Params, streams: Mapping[str, Stream], lr: StepSizes):
     """FedSim's local update: ``u`` and ``v`` take simultaneous SGD steps on the ``"joint"`` stream.
 
     Parameters and returns as in :func:`fedalt`.
     """
-    return _run_stream(loss, shared, personal, streams["joint"], lr.shared, lr.personal, (0.0, 0.0))
+    return _run_stream(step, shared, personal, streams["joint"], lr.shared, lr.personal, (0.0, 0.0))
 
 
-def personal_only(loss: LossFn, shared: Params, personal: Params, streams: Mapping[str, Stream], lr: StepSizes):
+def personal_only(step: Step, shared: Params, personal: Params, streams: Mapping[str, Stream], lr: StepSizes):
     """Train ``v`` alone with ``u`` frozen: personalizing new clients, fine-tuning."""
-    return _run_stream(loss, shared, personal, streams["personal"], None, lr.personal, (0.0, 0.0))
+    return _run_stream(step, shared, personal, streams["personal"], None, lr.personal, (0.0, 0.0))
 
 
 @dataclass(frozen=True)

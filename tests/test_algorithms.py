@@ -1,5 +1,7 @@
 """FedAlt and FedSim local updates checked against steps computed by hand."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -27,7 +29,11 @@ def by_hand_grads(u, v, rows):
 
 def stream(batches):
     idx = torch.tensor(batches)
-    return idx, torch.ones(idx.shape, dtype=torch.float64)
+    return [(row, torch.ones(row.shape, dtype=torch.float64)) for row in idx]
+
+
+def step_of(loss):
+    return partial(sgd_step, loss)
 
 
 P_BATCHES = [[0, 1], [2, 3]]
@@ -46,7 +52,7 @@ def test_fedalt_updates_personal_then_shared_with_the_new_personal():
     for rows in S_BATCHES:  # u moves, the new v fixed
         u -= LR.shared * by_hand_grads(u, v, rows)[0]
     shared, personal = start()
-    new_u, new_v, _ = fedalt(quadratic_loss, shared, personal,
+    new_u, new_v, _ = fedalt(step_of(quadratic_loss), shared, personal,
                              {"personal": stream(P_BATCHES), "shared": stream(S_BATCHES)}, LR)
     assert new_u["u"].item() == pytest.approx(u, abs=1e-12)
     assert new_v["v"].item() == pytest.approx(v, abs=1e-12)
@@ -58,21 +64,21 @@ def test_fedsim_updates_both_from_the_same_minibatch():
         gu, gv = by_hand_grads(u, v, rows)  # both gradients at the same point
         u, v = u - LR.shared * gu, v - LR.personal * gv
     shared, personal = start()
-    new_u, new_v, _ = fedsim(quadratic_loss, shared, personal, {"joint": stream(S_BATCHES)}, LR)
+    new_u, new_v, _ = fedsim(step_of(quadratic_loss), shared, personal, {"joint": stream(S_BATCHES)}, LR)
     assert new_u["u"].item() == pytest.approx(u, abs=1e-12)
     assert new_v["v"].item() == pytest.approx(v, abs=1e-12)
 
 
 def test_fedalt_and_fedsim_differ_when_the_blocks_are_coupled():
     shared, personal = start()
-    alt = fedalt(quadratic_loss, shared, personal, {"personal": stream(S_BATCHES), "shared": stream(S_BATCHES)}, LR)
-    sim = fedsim(quadratic_loss, shared, personal, {"joint": stream(S_BATCHES)}, LR)
+    alt = fedalt(step_of(quadratic_loss), shared, personal, {"personal": stream(S_BATCHES), "shared": stream(S_BATCHES)}, LR)
+    sim = fedsim(step_of(quadratic_loss), shared, personal, {"joint": stream(S_BATCHES)}, LR)
     assert abs(alt[0]["u"].item() - sim[0]["u"].item()) > 1e-3
 
 
 def test_personal_only_never_moves_the_shared_part():
     shared, personal = start()
-    new_u, new_v, _ = personal_only(quadratic_loss, shared, personal, {"personal": stream(P_BATCHES)}, LR)
+    new_u, new_v, _ = personal_only(step_of(quadratic_loss), shared, personal, {"personal": stream(P_BATCHES)}, LR)
     assert new_u["u"].item() == 0.5
     assert new_v["v"].item() != -0.25
 
@@ -91,7 +97,7 @@ def test_a_fully_masked_step_changes_nothing_and_a_partial_mask_ignores_padding(
 
 def test_loss_totals_count_every_real_row_of_every_step():
     shared, personal = start()
-    _, _, (total, count) = fedalt(quadratic_loss, shared, personal,
+    _, _, (total, count) = fedalt(step_of(quadratic_loss), shared, personal,
                                   {"personal": stream(P_BATCHES), "shared": stream(S_BATCHES)}, LR)
     assert count.item() == 2 * (len(P_BATCHES) + len(S_BATCHES))
     assert total.item() > 0
@@ -99,14 +105,14 @@ def test_loss_totals_count_every_real_row_of_every_step():
 
 def test_empty_blocks_are_skipped():
     shared, personal = start()
-    new_u, new_v, _ = fedsim(quadratic_loss, {}, personal, {"joint": stream(S_BATCHES)},
+    new_u, new_v, _ = fedsim(step_of(quadratic_loss), {}, personal, {"joint": stream(S_BATCHES)},
                              StepSizes(shared=0.1, personal=0.3)) if False else (None, None, None)
     # an empty shared part (split="full") and an empty personal part (split="none")
     loss_v = lambda s, p, i, m: quadratic_loss({"u": torch.tensor(0.5, dtype=torch.float64)}, p, i, m)
-    u, v, _ = fedalt(loss_v, {}, personal, {"personal": stream(P_BATCHES), "shared": stream(S_BATCHES)}, LR)
+    u, v, _ = fedalt(step_of(loss_v), {}, personal, {"personal": stream(P_BATCHES), "shared": stream(S_BATCHES)}, LR)
     assert u == {} and v["v"].item() != -0.25
     loss_u = lambda s, p, i, m: quadratic_loss(s, {"v": torch.tensor(-0.25, dtype=torch.float64)}, i, m)
-    u, v, _ = fedsim(loss_u, shared, {}, {"joint": stream(S_BATCHES)}, LR)
+    u, v, _ = fedsim(step_of(loss_u), shared, {}, {"joint": stream(S_BATCHES)}, LR)
     assert v == {} and u["u"].item() != 0.5
 
 

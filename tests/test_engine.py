@@ -7,7 +7,7 @@ from torch import nn
 
 from pfedest import engine as engine_module
 from pfedest.algorithms import ALGORITHMS, StepSizes
-from pfedest.engine import choose_engine, run_round
+from pfedest.engine import choose_engine, make_engine, run_round
 from pfedest.model import make_loss
 from pfedest.modules import MLP
 from pfedest.sampling import minibatch_stream, sample_clients
@@ -32,15 +32,15 @@ def federation(split, seed=0):
 
 def train(algorithm, split, engine, rounds=3, per_round=4, steps=None, chunk=None, seed=0):
     module, X, y, shared, personal, offsets = federation(split)
-    loss = make_loss(module, {}, X, y)
+    runner = make_engine(engine, make_loss(module, {}, X, y), shared)
     rng = np.random.default_rng(seed)
     algo = ALGORITHMS[algorithm]
     steps = steps or {name: None for name in algo.streams}
     for _ in range(rounds):
         sampled = sample_clients(rng, np.arange(len(COUNTS)), per_round)
-        shared, _ = run_round(algorithm=algo, loss=loss, shared=shared, personal_state=personal, counts=COUNTS,
+        shared, _ = run_round(algorithm=algo, engine=runner, shared=shared, personal_state=personal, counts=COUNTS,
                               offsets=offsets, sampled=sampled, rng=rng, batch_size=8, steps=steps,
-                              lr=StepSizes(0.1, 0.2), engine=engine, server_lr=1.0, chunk_size=chunk, device=CPU)
+                              lr=StepSizes(0.1, 0.2), server_lr=1.0, chunk_size=chunk, device=CPU)
     return shared, personal
 
 
@@ -96,10 +96,11 @@ def test_unsampled_clients_keep_their_personal_part(engine):
     module, X, y, shared, personal, offsets = federation(HeadSplit())
     before = {k: v.clone() for k, v in personal.items()}
     sampled = np.array([1, 4])
-    run_round(algorithm=ALGORITHMS["fedalt"], loss=make_loss(module, {}, X, y), shared=shared,
+    run_round(algorithm=ALGORITHMS["fedalt"], engine=make_engine(engine, make_loss(module, {}, X, y), shared),
+              shared=shared,
               personal_state=personal, counts=COUNTS, offsets=offsets, sampled=sampled,
               rng=np.random.default_rng(0), batch_size=8, steps={"personal": None, "shared": None},
-              lr=StepSizes(0.1, 0.1), engine=engine, server_lr=1.0, chunk_size=None, device=CPU)
+              lr=StepSizes(0.1, 0.1), server_lr=1.0, chunk_size=None, device=CPU)
     for k in personal:
         for client in range(len(COUNTS)):
             unchanged = torch.equal(personal[k][client], before[k][client])
@@ -116,10 +117,11 @@ def test_aggregation_never_sees_personal_parameters(monkeypatch):
 
     monkeypatch.setattr(engine_module, "WeightedAverage", Recording)
     module, X, y, shared, personal, offsets = federation(HeadSplit())
-    run_round(algorithm=ALGORITHMS["fedsim"], loss=make_loss(module, {}, X, y), shared=shared,
+    run_round(algorithm=ALGORITHMS["fedsim"], engine=make_engine("vmap", make_loss(module, {}, X, y), shared),
+              shared=shared,
               personal_state=personal, counts=COUNTS, offsets=offsets, sampled=np.array([0, 2, 5]),
               rng=np.random.default_rng(0), batch_size=8, steps={"joint": None},
-              lr=StepSizes(0.1, 0.1), engine="vmap", server_lr=1.0, chunk_size=2, device=CPU)
+              lr=StepSizes(0.1, 0.1), server_lr=1.0, chunk_size=2, device=CPU)
     assert len(seen) == 2  # two chunks
     for shapes in seen:
         assert set(shapes) == set(shared) and not set(shapes) & set(personal)
@@ -130,9 +132,10 @@ def test_a_nonfinite_round_changes_nothing():
     X[offsets[4]] = float("nan")  # client 4 holds a NaN row
     before = {k: v.clone() for k, v in personal.items()}
     new_shared, result = run_round(
-        algorithm=ALGORITHMS["fedalt"], loss=make_loss(module, {}, X, y), shared=shared, personal_state=personal,
+        algorithm=ALGORITHMS["fedalt"], engine=make_engine("vmap", make_loss(module, {}, X, y), shared),
+        shared=shared, personal_state=personal,
         counts=COUNTS, offsets=offsets, sampled=np.array([0, 1, 4, 5]), rng=np.random.default_rng(0),
-        batch_size=8, steps={"personal": None, "shared": None}, lr=StepSizes(0.1, 0.1), engine="vmap",
+        batch_size=8, steps={"personal": None, "shared": None}, lr=StepSizes(0.1, 0.1),
         server_lr=1.0, chunk_size=1, device=CPU)
     assert not result.finite
     for k in personal:

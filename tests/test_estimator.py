@@ -294,3 +294,12 @@ def test_chunked_rounds_train_the_same_model(federated):
         torch.testing.assert_close(whole.shared_params_[k], chunked.shared_params_[k], rtol=1e-5, atol=1e-6)
     for k in whole.personal_params_:
         torch.testing.assert_close(whole.personal_params_[k], chunked.personal_params_[k], rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_vmap_trains_the_same_model(federated):
+    eager = fitted(federated, engine="vmap")
+    compiled = fitted(federated, engine="vmap", compile=True)
+    for k in eager.shared_params_:
+        torch.testing.assert_close(eager.shared_params_[k], compiled.shared_params_[k], rtol=1e-5, atol=1e-6)
+    for k in eager.personal_params_:
+        torch.testing.assert_close(eager.personal_params_[k], compiled.personal_params_[k], rtol=1e-5, atol=1e-6)
