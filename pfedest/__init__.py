@@ -1,10 +1,11 @@
 """pfedest: federated learning with partial model personalization behind a scikit-learn estimator."""
 
-from .estimator import PartialPersonalizedClassifier
+__version__ = "0.1.0"
+
+from .callbacks import Callback, Checkpoint, EarlyStopping, EvaluateClients  # noqa: E402
+from .estimator import PartialPersonalizedClassifier  # noqa: E402
 from .splits import (AdapterSplit, FullSplit, FunctionSplit, HeadSplit, InputSplit, NameSplit, NoSplit, Split,
                      make_split)
-
-__version__ = "0.1.0"
 
 __all__ = [
     "PartialPersonalizedClassifier",
@@ -17,5 +18,9 @@ __all__ = [
     "NameSplit",
     "FunctionSplit",
     "make_split",
+    "Callback",
+    "EvaluateClients",
+    "EarlyStopping",
+    "Checkpoint",
     "__version__",
 ]

@@ -47,7 +47,8 @@ def _sgd(params: Params, grads: Params, lr) -> Params:
 
 
 def sgd_step(loss: LossFn, shared: Params, personal: Params, idx: torch.Tensor, mask: torch.Tensor,
-             lr_shared: Optional[float], lr_personal: Optional[float]):
+             lr_shared: Optional[float], lr_personal: Optional[float], *, clip: Optional[float] = None,
+             personal_l2: float = 0.0, personal_anchor: Optional[Params] = None):
     """One client's SGD step on the blocks that get a learning rate (``None`` keeps a block fixed).
 
     Parameters
@@ -58,6 +59,12 @@ def sgd_step(loss: LossFn, shared: Params, personal: Params, idx: torch.Tensor, 
     idx, mask : Tensor of shape (batch,)
         The minibatch: row indices and 0/1 weights.
     lr_shared, lr_personal : float or None
+    clip : float, optional
+        Scale the gradient of the trained blocks (jointly) to at most this norm.
+    personal_l2 : float, default=0.0
+        Adds ``personal_l2 / 2 * ||v - anchor||^2`` to the objective of the personal block.
+    personal_anchor : dict, optional
+        The anchor of the penalty (the personal starting value); zero when ``None``.
 
     Returns
     -------
@@ -72,6 +79,14 @@ def sgd_step(loss: LossFn, shared: Params, personal: Params, idx: torch.Tensor, 
         return shared, personal, loss(shared, personal, idx, mask)[1]
     grads, stats = grad(loss, argnums=trained, has_aux=True)(shared, personal, idx, mask)
     grads = dict(zip(trained, grads))
+    if personal_l2 and 1 in grads:
+        anchor = personal_anchor or {}
+        grads[1] = {k: g + personal_l2 * (personal[k] - anchor[k] if k in anchor else personal[k])
+                    for k, g in grads[1].items()}
+    if clip is not None:
+        squares = [(g * g).sum() for block in grads.values() for g in block.values()]
+        scale = (clip / (torch.stack(squares).sum().sqrt() + 1e-12)).clamp(max=1.0)
+        grads = {b: {k: g * scale for k, g in block.items()} for b, block in grads.items()}
     if 0 in grads:
         shared = _sgd(shared, grads[0], lr_shared)
     if 1 in grads:

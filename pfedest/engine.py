@@ -23,7 +23,7 @@ from torch.func import vmap
 
 from .algorithms import Algorithm, Params, StepSizes, sgd_step
 from .sampling import minibatch_stream
-from .server import WeightedAverage
+from .server import ServerOptimizer, WeightedAverage
 
 ENGINES = ("auto", "loop", "vmap")
 
@@ -79,8 +79,8 @@ class LoopEngine:
 
     name = "loop"
 
-    def __init__(self, loss):
-        self._step = partial(sgd_step, loss)
+    def __init__(self, loss, **step_options):
+        self._step = partial(sgd_step, loss, **step_options)
 
     def local_updates(self, algorithm: Algorithm, shared: Params, personal: Params, streams, lr: StepSizes):
         """Run ``algorithm``'s local update for each client of the chunk.
@@ -109,8 +109,9 @@ class VmapEngine:
 
     name = "vmap"
 
-    def __init__(self, loss, shared_dims: Mapping[str, int], compile: bool = False):
+    def __init__(self, loss, shared_dims: Mapping[str, int], compile: bool = False, **step_options):
         self._loss = loss
+        self._step_options = step_options
         self._shared_dims = dict(shared_dims)
         self._compile = compile
         self._compiled = {}
@@ -136,7 +137,8 @@ class VmapEngine:
         return out if lr_shared is not None else (shared, *out)
 
     def _one_client(self, trains_shared, shared, personal, idx, mask, lr_shared, lr_personal):
-        new_shared, new_personal, stats = sgd_step(self._loss, shared, personal, idx, mask, lr_shared, lr_personal)
+        new_shared, new_personal, stats = sgd_step(self._loss, shared, personal, idx, mask, lr_shared, lr_personal,
+                                                   **self._step_options)
         # A step that leaves u alone returns nothing for it, so an unbatched u stays unbatched.
         return (new_shared, new_personal, stats) if trains_shared else (new_personal, stats)
 
@@ -151,26 +153,32 @@ class VmapEngine:
         return new_shared, new_personal, totals
 
 
-def make_engine(name: str, loss, shared: Params, compile: bool = False):
-    """The engine called ``name`` (``"loop"`` or ``"vmap"``) for this loss and shared-parameter layout."""
+def make_engine(name: str, loss, shared: Params, compile: bool = False, **step_options):
+    """The engine called ``name`` (``"loop"`` or ``"vmap"``) for this loss and shared-parameter layout.
+
+    ``step_options`` (``clip``, ``personal_l2``, ``personal_anchor``) go to every
+    :func:`~pfedest.algorithms.sgd_step`.
+    """
     if name == "loop":
-        return LoopEngine(loss)
+        return LoopEngine(loss, **step_options)
     if name == "vmap":
-        return VmapEngine(loss, {k: v.dim() for k, v in shared.items()}, compile=compile)
+        return VmapEngine(loss, {k: v.dim() for k, v in shared.items()}, compile=compile, **step_options)
     raise ValueError(f"Unknown engine {name!r}; expected 'loop' or 'vmap'.")
 
 
 def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: Params, counts: np.ndarray,
               offsets: np.ndarray, sampled: np.ndarray, rng: np.random.Generator, batch_size: int,
               steps: Mapping[str, Optional[int]], lr: StepSizes, server_lr: float,
-              chunk_size: Optional[int], device: torch.device,
-              aggregate: bool = True) -> tuple[Params, RoundResult]:
+              chunk_size: Optional[int], device: torch.device, aggregate: bool = True,
+              server_optimizer: Optional[ServerOptimizer] = None) -> tuple[Params, RoundResult]:
     """Train the ``sampled`` clients for one round and return the new shared parameters.
 
     ``personal_state`` (each tensor stacked over all clients) is updated in place for the sampled
     clients only. ``steps`` gives the step count of each of the algorithm's streams (``None``: one
     epoch). With ``aggregate=False`` the shared parameters come back unchanged (personalization).
-    If a client's loss is not finite, the round is undone and ``finite`` is false.
+    The server applies ``server_optimizer`` to the averaged shared parameters (default: SGD with
+    ``server_lr``, plain averaging at 1.0). If a client's loss is not finite, the round is undone
+    and ``finite`` is false.
     """
     streams_np = {name: minibatch_stream(rng, counts[sampled], batch_size, steps[name])
                   for name in algorithm.streams}
@@ -202,7 +210,10 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
         loss_sum = loss_sum + chunk_loss
         row_count = row_count + cnts.sum()
     bytes_per_client = sum(v.numel() * v.element_size() for v in shared.values())
-    new_shared = server.step(shared, server_lr) if aggregate else dict(shared)
+    if aggregate:
+        new_shared = (server_optimizer or ServerOptimizer("sgd", lr=server_lr)).step(shared, server.mean())
+    else:
+        new_shared = dict(shared)
     return new_shared, RoundResult(float(loss_sum), float(row_count),
                                    bytes_per_client * len(sampled) if aggregate else 0)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
@@ -17,14 +19,32 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import __version__
 from .algorithms import ALGORITHMS, StepSizes
+from .checkpoint import CheckpointError
 from .devices import resolve_device, to_device
 from .engine import ENGINES, auto_chunk_size, bytes_per_client, choose_engine, make_engine, run_round
 from .history import History
 from .model import make_loss, personalized_logits
 from .modules import default_module
 from .sampling import sample_clients
+from .schedules import SCHEDULES, make_schedule
+from .server import ServerOptimizer
 from .splits import NAMED_SPLITS, make_split
+
+
+@dataclass
+class _ClientData:
+    X: torch.Tensor
+    y: torch.Tensor
+    counts: np.ndarray
+    offsets: np.ndarray
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
@@ -83,6 +103,31 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
     unseen_clients : {"error", "average"}, default="error"
         What ``predict`` does with a client it has not trained: raise a ``ValueError`` naming it,
         or use the shared part with the personal part averaged over known clients.
+    pretrain_rounds : int, default=0
+        FedAvg rounds on the whole network before personalization (``stage="pretrain"`` in
+        ``history_``); the personal parts then start from the pre-trained model's (adapters stay the
+        identity and are not pre-trained).
+    finetune_epochs : int, default=0
+        After the last round, epochs of local training of the personal part on every client, the
+        shared part frozen (``stage="finetune"``).
+    server_optimizer : {"sgd", "adam"}, default="sgd"
+        How the server applies the averaged pseudo-gradient ``u - mean(u_i)``: SGD (with
+        ``server_lr=1`` and no momentum, plain averaging) or Adam (FedAdam; try ``server_lr=1e-3``).
+    server_momentum : float in [0, 1), default=0.0
+        Server momentum of ``"sgd"`` (FedAvgM).
+    lr_schedule : {"constant", "linear", "step"} or callable, default="constant"
+        Factor of the client learning rates per round, over each stage's rounds: a name, a schedule
+        from :mod:`pfedest.schedules` (``LinearLR(warmup_rounds=5)``, ``StepLR(step_rounds=20)``), or
+        a callable ``(round_index, n_rounds) -> factor``.
+    clip_grad_norm : float or None, default=None
+        Clip each local step's gradient (of the blocks it trains) to this norm.
+    personal_l2 : float, default=0.0
+        L2 penalty ``personal_l2 / 2 * ||v - target||^2`` on the personal part.
+    personal_l2_target : {"zero", "init"}, default="zero"
+        Pull the personal part towards zero or towards its value at the start of personalization.
+    callbacks : list of Callback or None, default=None
+        Hooks run at the start and end of training and of each round (:mod:`pfedest.callbacks`:
+        ``EvaluateClients``, ``EarlyStopping``, ``Checkpoint``); cloned at each ``fit``.
     warm_start : bool, default=False
         Continue from the fitted state for ``n_rounds`` more rounds instead of starting over.
     verbose : int, default=0
@@ -108,11 +153,16 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         Share of the network's parameters that are personal.
     history_ : History
         One dict per round: ``round``, ``train_loss``, ``clients`` (ids sampled), ``n_clients``,
-        ``bytes_up`` (shared parameters sent to the server), ``wall_time`` (seconds).
+        ``bytes_up`` (shared parameters sent to the server), ``wall_time`` (seconds), ``lr``; plus
+        what callbacks add.
     device_ : torch.device
         Where the state lives.
     engine_ : str
         The engine that ran.
+    callbacks_ : list of Callback
+        The live copies of ``callbacks`` used by the last ``fit``.
+    stop_reason_ : str or None
+        Why the last ``fit`` stopped a stage early (a callback's request), or ``None``.
 
     Examples
     --------
@@ -148,6 +198,15 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         "compile": ["boolean"],
         "device": [str, torch.device],
         "unseen_clients": [StrOptions({"error", "average"})],
+        "pretrain_rounds": [Interval(Integral, 0, None, closed="left")],
+        "finetune_epochs": [Interval(Integral, 0, None, closed="left")],
+        "server_optimizer": [StrOptions({"sgd", "adam"})],
+        "server_momentum": [Interval(Real, 0, 1, closed="left")],
+        "lr_schedule": [StrOptions(set(SCHEDULES)), callable],
+        "clip_grad_norm": [None, Interval(Real, 0, None, closed="neither")],
+        "personal_l2": [Interval(Real, 0, None, closed="left")],
+        "personal_l2_target": [StrOptions({"zero", "init"})],
+        "callbacks": [None, list, tuple],
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
@@ -156,7 +215,10 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, module=None, *, split="head", algorithm="fedalt", n_rounds=50, clients_per_round=10,
                  personal_steps=None, shared_steps=None, lr=0.1, personal_lr=None, batch_size=32,
                  server_lr=1.0, hidden_layer_sizes=(64, 64), engine="auto", max_clients_per_batch=None,
-                 compile=False, device="auto", unseen_clients="error", warm_start=False, verbose=0, random_state=None):
+                 compile=False, device="auto", unseen_clients="error", pretrain_rounds=0, finetune_epochs=0,
+                 server_optimizer="sgd", server_momentum=0.0, lr_schedule="constant", clip_grad_norm=None,
+                 personal_l2=0.0, personal_l2_target="zero", callbacks=None, warm_start=False, verbose=0,
+                 random_state=None):
         self.module = module
         self.split = split
         self.algorithm = algorithm
@@ -174,6 +236,15 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         self.compile = compile
         self.device = device
         self.unseen_clients = unseen_clients
+        self.pretrain_rounds = pretrain_rounds
+        self.finetune_epochs = finetune_epochs
+        self.server_optimizer = server_optimizer
+        self.server_momentum = server_momentum
+        self.lr_schedule = lr_schedule
+        self.clip_grad_norm = clip_grad_norm
+        self.personal_l2 = personal_l2
+        self.personal_l2_target = personal_l2_target
+        self.callbacks = callbacks
         self.warm_start = warm_start
         self.verbose = verbose
         self.random_state = random_state
@@ -213,8 +284,17 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         if not resume:
             self._initialize(X, np.unique(client_ids))
         rows = self._rows_adding_new(client_ids)
-        self._train(X, codes, rows, self._algorithm(), self.n_rounds, aggregate=True)
+        plan = ([["pretrain", self.pretrain_rounds]] if self.pretrain_rounds and not resume else []) \
+            + [["train", self.n_rounds]] + ([["finetune", self.finetune_epochs]] if self.finetune_epochs else [])
+        callbacks = [clone(cb) for cb in (self.callbacks or [])]
+        self.callbacks_ = sorted(callbacks, key=lambda cb: getattr(cb, "run_last", False))
+        self._run_plan(plan, self._client_data(X, codes, rows), self.callbacks_)
         return self
+
+    def request_stop(self, reason: str) -> None:
+        """Called by a callback: end the current stage after this round (later stages still run)."""
+        self.stop_reason_ = reason
+        self._stop_requested = True
 
     def personalize(self, X, y, client_ids, epochs=1):
         """Train the personal part of the given clients with the shared part frozen.
@@ -244,7 +324,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         self._check_input_shape(X)
         codes = self._encode_labels(y)
         rows = self._rows_adding_new(self._check_client_ids(client_ids, len(X)))
-        self._train(X, codes, rows, ALGORITHMS["personal_only"], epochs, aggregate=False)
+        self._run_plan([["personalize", epochs]], self._client_data(X, codes, rows), callbacks=[])
         return self
 
     # -------------------------------------------------------------- predict
@@ -399,6 +479,8 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         self.personal_fraction_ = n_personal / sum(p.numel() for p in params.values())
         self.clients_ = clients
         self.history_ = History()
+        self._personal_init = {n: params[n].clone() for n in personal_names}
+        self._servers = {}
         n_params = sum(p.numel() for p in params.values())
         self.engine_ = choose_engine(self.engine, self.module_, self.device_, n_params)
         example = torch.as_tensor(np.array(X[:1]), dtype=torch.float32, device=self.device_)
@@ -423,38 +505,105 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
             return max(1, int(round(m * n_clients)))
         return min(int(m), n_clients)
 
-    def _train(self, X, codes, rows, algorithm, n_rounds, aggregate):
-        device = self.device_
-        steps = self._steps(algorithm)
+    def _client_data(self, X, codes, rows) -> _ClientData:
+        """Rows sorted by client, on the device, with each client's count and offset."""
         order = np.argsort(rows, kind="stable")
-        X_t = torch.as_tensor(np.ascontiguousarray(X[order]), dtype=torch.float32, device=device)
-        y_t = torch.as_tensor(codes[order], dtype=torch.int64, device=device)
         counts = np.bincount(rows, minlength=len(self.clients_))
-        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        present = np.flatnonzero(counts)
-        loss = make_loss(self.module_, dict(self.module_.named_buffers()), X_t, y_t)
-        engine = make_engine(self.engine_, loss, self.shared_params_, compile=self.compile)
-        lr = StepSizes(shared=self.lr, personal=self.personal_lr or self.lr)
-        n_sampled = self._n_sampled(len(present)) if aggregate else len(present)
-        stage = "train" if aggregate else "personalize"
-        bar = tqdm(range(n_rounds), desc=stage, disable=not self.verbose, leave=False)
-        for _ in bar:
+        return _ClientData(
+            X=torch.as_tensor(np.ascontiguousarray(X[order]), dtype=torch.float32, device=self.device_),
+            y=torch.as_tensor(codes[order], dtype=torch.int64, device=self.device_),
+            counts=counts, offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]))
+
+    def _run_plan(self, plan, data: _ClientData, callbacks) -> None:
+        """Run the stages of ``plan`` (``[stage, rounds]`` pairs) with the callbacks' hooks.
+
+        ``_progress`` counts the rounds done in each stage; a checkpoint restored by a callback in
+        ``on_train_begin`` sets it, and the plan continues from there.
+        """
+        self._plan, self._progress, self.stop_reason_ = plan, [0] * len(plan), None
+        for cb in callbacks:
+            cb.on_train_begin(self)
+        bar = tqdm(total=sum(n for _, n in plan), initial=sum(self._progress), desc=plan[-1][0],
+                   disable=not self.verbose, leave=False)
+        try:
+            for i, (stage, n_rounds) in enumerate(plan):
+                self._stop_requested = False
+                if self._progress[i] >= n_rounds:
+                    continue
+                run_one = self._stage(stage, data)
+                bar.set_description(stage)
+                while self._progress[i] < n_rounds and not self._stop_requested:
+                    round_number = len(self.history_) + 1
+                    for cb in callbacks:
+                        cb.on_round_begin(self, round_number, stage)
+                    record = run_one(self._progress[i], n_rounds)
+                    self._progress[i] += 1
+                    self.history_.append(record)
+                    for cb in callbacks:
+                        cb.on_round_end(self, record)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record['train_loss']:.4f}")
+        finally:
+            bar.close()
+        for cb in callbacks:
+            cb.on_train_end(self)
+
+    def _stage(self, stage: str, data: _ClientData):
+        """A function ``(round_index, n_rounds) -> record`` that runs one round of ``stage``."""
+        base = make_loss(self.module_, dict(self.module_.named_buffers()), data.X, data.y)
+        present = np.flatnonzero(data.counts)
+        personal_state, loss, merge = self.personal_params_, base, None
+        options = dict(clip=self.clip_grad_norm, personal_l2=self.personal_l2,
+                       personal_anchor=self._personal_init if self.personal_l2_target == "init" else None)
+        together = make_split(self.split).pretrain_personal
+        if stage == "pretrain":
+            # FedAvg on the whole network: the personal part, identical on every client until
+            # personalization starts, trains as if it were shared (adapters stay the identity).
+            algorithm, n_sampled = ALGORITHMS["fedsim"], self._n_sampled(len(present))
+            fixed = {} if together else {k: v[0] for k, v in self.personal_params_.items()}
+            loss = lambda shared, personal, idx, mask: base(shared, fixed, idx, mask)  # noqa: E731
+            personal_state = {}
+
+            def merge(new_shared):
+                for k, v in self.personal_params_.items():
+                    if together:
+                        v.copy_(new_shared[k].expand_as(v))
+                return {k: v for k, v in new_shared.items() if k in self.shared_params_}
+        elif stage == "train":
+            algorithm, n_sampled = self._algorithm(), self._n_sampled(len(present))
+        else:  # "finetune", "personalize": every client trains its personal part alone
+            algorithm, n_sampled = ALGORITHMS["personal_only"], len(present)
+        aggregate = stage in ("pretrain", "train")
+        steps = self._steps(algorithm)
+        schedule = make_schedule(self.lr_schedule) if aggregate else (lambda r, n: 1.0)
+
+        def shared_in():
+            if stage != "pretrain":
+                return self.shared_params_
+            return {**self.shared_params_, **{k: v[0] for k, v in self.personal_params_.items() if together}}
+
+        engine = make_engine(self.engine_, loss, shared_in(), compile=self.compile, **options)
+        server = self._servers.setdefault(stage, self._make_server_optimizer())
+
+        def run_one(round_index, n_rounds):
             tic = time.perf_counter()
+            factor = float(schedule(round_index, n_rounds))
+            lr = StepSizes(shared=self.lr * factor, personal=(self.personal_lr or self.lr) * factor)
             sampled = sample_clients(self._rng, present, n_sampled)
             shared, result = run_round(
-                algorithm=algorithm, engine=engine, shared=self.shared_params_, personal_state=self.personal_params_,
-                counts=counts, offsets=offsets, sampled=sampled, rng=self._rng, batch_size=self.batch_size,
-                steps=steps, lr=lr, server_lr=self.server_lr,
-                chunk_size=self._chunk_size(), device=device, aggregate=aggregate)
+                algorithm=algorithm, engine=engine, shared=shared_in(), personal_state=personal_state,
+                counts=data.counts, offsets=data.offsets, sampled=sampled, rng=self._rng,
+                batch_size=self.batch_size, steps=steps, lr=lr, server_lr=self.server_lr,
+                chunk_size=self._chunk_size(), device=self.device_, aggregate=aggregate, server_optimizer=server)
             round_number = len(self.history_) + 1
             if not result.finite or not all(torch.isfinite(v).all() for v in shared.values()):
                 raise FloatingPointError(
                     f"Training diverged in round {round_number} ({stage}): the loss or the shared parameters "
                     f"became NaN or infinite (loss {result.loss_sum / max(result.row_count, 1):.4g}). The "
-                    f"model is kept as it was after round {round_number - 1}; lower lr (now {self.lr}) or "
-                    "scale the features.")
-            self.shared_params_ = shared
-            record = {
+                    f"model is kept as it was after round {round_number - 1}; lower lr (now {lr.shared:g}) "
+                    "or scale the features.")
+            self.shared_params_ = merge(shared) if merge else shared
+            return {
                 "round": round_number,
                 "stage": stage,
                 "train_loss": result.loss_sum / max(result.row_count, 1.0),
@@ -462,10 +611,64 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
                 "clients": self.clients_[sampled].tolist(),
                 "bytes_up": result.bytes_up,
                 "wall_time": time.perf_counter() - tic,
+                "lr": lr.shared,
             }
-            self.history_.append(record)
-            bar.set_postfix(loss=f"{record['train_loss']:.4f}")
-        bar.close()
+
+        return run_one
+
+    def _make_server_optimizer(self) -> ServerOptimizer:
+        return ServerOptimizer(self.server_optimizer, lr=self.server_lr, momentum=self.server_momentum)
+
+    # ---------------------------------------------------------- checkpoints
+    def _signature(self) -> dict:
+        shapes = {k: list(v.shape) for k, v in self.shared_params_.items()}
+        shapes.update({k: ["clients", *v.shape[1:]] for k, v in self.personal_params_.items()})
+        return shapes
+
+    def _checkpoint_state(self) -> dict:
+        """Everything needed to continue this fit: tensors, and JSON for the rest."""
+        meta = {
+            "pfedest_version": __version__,
+            "signature": self._signature(),
+            "classes": self.classes_.tolist(),
+            "clients": self.clients_.tolist(),
+            "plan": self._plan,
+            "progress": self._progress,
+            "history": list(self.history_),
+            "rng": self._rng.bit_generator.state,
+        }
+        cpu = torch.device("cpu")
+        return {
+            "meta": json.dumps(meta, default=_json_default),
+            "shared": to_device(self.shared_params_, cpu),
+            "personal": to_device(self.personal_params_, cpu),
+            "server": {stage: opt.state_dict() for stage, opt in self._servers.items()},
+        }
+
+    def _restore_checkpoint(self, state: dict) -> None:
+        """Continue from a checkpoint of this same run, or refuse it with the reason."""
+        meta = json.loads(state["meta"])
+        if meta["pfedest_version"] != __version__:
+            raise CheckpointError(f"The checkpoint was written by pfedest {meta['pfedest_version']}; this is "
+                                  f"pfedest {__version__}. Resume with the version that wrote it.")
+        if meta["signature"] != self._signature():
+            raise CheckpointError(f"The checkpoint is for a model with parameters {meta['signature']}, not "
+                                  f"{self._signature()}.")
+        if meta["classes"] != self.classes_.tolist() or meta["clients"] != self.clients_.tolist():
+            raise CheckpointError("The checkpoint was written for other classes or clients than this fit's data.")
+        if meta["plan"] != self._plan:
+            raise CheckpointError(f"The checkpoint belongs to the training plan {meta['plan']}, this fit's is "
+                                  f"{self._plan} (pretrain_rounds, n_rounds or finetune_epochs changed).")
+        self.shared_params_ = to_device(state["shared"], self.device_)
+        for k, v in to_device(state["personal"], self.device_).items():
+            self.personal_params_[k].copy_(v)
+        self._servers = {}
+        for stage, opt_state in state["server"].items():
+            self._servers[stage] = self._make_server_optimizer()
+            self._servers[stage].load_state_dict(to_device(opt_state, self.device_))
+        self._progress = list(meta["progress"])
+        self.history_ = History(meta["history"])
+        self._rng.bit_generator.state = meta["rng"]
 
     def _logits(self, X, client_ids):
         check_is_fitted(self)

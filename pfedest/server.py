@@ -37,8 +37,76 @@ class WeightedAverage:
             self._sum = {k: self._sum[k] + chunk[k] for k in chunk}
         self._weight = self._weight + weights.sum()
 
+    def mean(self) -> Optional[Params]:
+        """The weighted mean of what the clients sent, or ``None`` if no client was added."""
+        if self._sum is None:
+            return None
+        return {k: v / self._weight for k, v in self._sum.items()}
+
     def step(self, shared: Params, server_lr: float) -> Params:
         """``u + server_lr * (mean - u)``: plain averaging at ``server_lr=1``."""
-        if self._sum is None:
+        return ServerOptimizer("sgd", lr=server_lr).step(shared, self.mean())
+
+
+class ServerOptimizer:
+    """The server's update from the averaged pseudo-gradient ``g = u - mean(u_i)``.
+
+    ``"sgd"`` with ``lr=1`` and no momentum is plain averaging (FedAvg); ``momentum`` gives server
+    momentum (FedAvgM); ``"adam"`` is Adam on the pseudo-gradient (FedAdam), with bias correction as
+    in ``torch.optim.Adam``.
+
+    Parameters
+    ----------
+    kind : {"sgd", "adam"}, default="sgd"
+    lr : float, default=1.0
+    momentum : float, default=0.0
+        Heavy-ball momentum of ``"sgd"``: ``b = momentum * b + g; u = u - lr * b``.
+    betas : (float, float), default=(0.9, 0.999)
+        Adam's decay rates of the first and second moments.
+    eps : float, default=1e-8
+        Adam's denominator term.
+
+    Examples
+    --------
+    >>> import torch
+    >>> opt = ServerOptimizer("adam", lr=0.1)
+    >>> opt.step({"w": torch.tensor([1.0])}, {"w": torch.tensor([0.0])})  # first Adam step: lr * sign(-g)
+    {'w': tensor([0.9000])}
+    """
+
+    def __init__(self, kind: str = "sgd", lr: float = 1.0, momentum: float = 0.0,
+                 betas: tuple = (0.9, 0.999), eps: float = 1e-8):
+        if kind not in ("sgd", "adam"):
+            raise ValueError(f"Unknown server optimizer {kind!r}; expected 'sgd' or 'adam'.")
+        self.kind, self.lr, self.momentum, self.betas, self.eps = kind, lr, momentum, tuple(betas), eps
+        self.state: Dict[str, torch.Tensor] = {}
+        self.t = 0
+
+    def step(self, shared: Params, mean: Optional[Params]) -> Params:
+        """The new shared parameters (``shared`` itself when no client answered)."""
+        if mean is None:
             return dict(shared)
-        return {k: u + server_lr * (self._sum[k] / self._weight - u) for k, u in shared.items()}
+        self.t += 1
+        new = {}
+        for k, u in shared.items():
+            g = u - mean[k]
+            if self.kind == "sgd":
+                if self.momentum:
+                    g = self.state[k] = self.momentum * self.state[k] + g if k in self.state else g.clone()
+                new[k] = u - self.lr * g
+            else:
+                b1, b2 = self.betas
+                m = self.state[f"{k}.m"] = b1 * self.state.get(f"{k}.m", torch.zeros_like(u)) + (1 - b1) * g
+                v = self.state[f"{k}.v"] = b2 * self.state.get(f"{k}.v", torch.zeros_like(u)) + (1 - b2) * g * g
+                m_hat = m / (1 - b1 ** self.t)
+                v_hat = v / (1 - b2 ** self.t)
+                new[k] = u - self.lr * m_hat / (v_hat.sqrt() + self.eps)
+        return new
+
+    def state_dict(self) -> dict:
+        """Tensors and numbers only: loadable with ``torch.load(..., weights_only=True)``."""
+        return {"t": self.t, "state": dict(self.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = int(state["t"])
+        self.state = dict(state["state"])

@@ -27,6 +27,8 @@ class Split(BaseEstimator):
     #: Whether selecting no parameter (or every parameter) is what this split means.
     allows_empty = False
     allows_all = False
+    #: Whether FedAvg pre-training trains the personal part too (adapters: no, they start as the identity).
+    pretrain_personal = True
 
     def prepare(self, module: nn.Module) -> nn.Module:
         """Return the network to train (``module`` itself unless the split inserts modules)."""
@@ -162,6 +164,8 @@ class AdapterSplit(Split):
     >>> personal
     ['net.0.adapter.down.weight', 'net.0.adapter.down.bias', 'net.0.adapter.up.weight', 'net.0.adapter.up.bias']
     """
+
+    pretrain_personal = False
 
     def __init__(self, fraction: float = 0.1, width: int | None = None):
         self.fraction = fraction

@@ -119,3 +119,29 @@ def test_empty_blocks_are_skipped():
 def test_algorithm_registry_names_its_streams():
     assert set(ALGORITHMS["fedalt"].streams) == {"personal", "shared"}
     assert set(ALGORITHMS["fedsim"].streams) == {"joint"}
+
+
+def test_gradient_clipping_caps_the_joint_norm_of_the_trained_blocks():
+    shared, personal = start()
+    rows = [0, 1]
+    gu, gv = by_hand_grads(0.5, -0.25, rows)
+    norm = np.hypot(gu, gv)
+    u, v, _ = sgd_step(quadratic_loss, shared, personal, torch.tensor(rows), torch.ones(2, dtype=torch.float64),
+                       1.0, 1.0, clip=norm / 4)
+    assert u["u"].item() == pytest.approx(0.5 - gu / 4)
+    assert v["v"].item() == pytest.approx(-0.25 - gv / 4)
+    u, v, _ = sgd_step(quadratic_loss, shared, personal, torch.tensor(rows), torch.ones(2, dtype=torch.float64),
+                       1.0, 1.0, clip=norm * 4)  # under the cap: unchanged
+    assert u["u"].item() == pytest.approx(0.5 - gu)
+
+
+@pytest.mark.parametrize("anchor", [None, 1.0])
+def test_personal_l2_pulls_towards_zero_or_the_anchor(anchor):
+    shared, personal = start()
+    rows = [0, 1]
+    _, gv = by_hand_grads(0.5, -0.25, rows)
+    target = 0.0 if anchor is None else anchor
+    ref = None if anchor is None else {"v": torch.tensor(anchor, dtype=torch.float64)}
+    _, v, _ = sgd_step(quadratic_loss, shared, personal, torch.tensor(rows), torch.ones(2, dtype=torch.float64),
+                       None, 0.1, personal_l2=0.5, personal_anchor=ref)
+    assert v["v"].item() == pytest.approx(-0.25 - 0.1 * (gv + 0.5 * (-0.25 - target)))

@@ -1,6 +1,7 @@
 """Tests of pfedest.server: the weighted average of shared parameters."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -97,3 +98,47 @@ def test_no_client_added_returns_input():
         assert torch.equal(out[k], shared[k])
     out["w"] = None  # a new dict: the caller's dict is untouched
     assert shared["w"] is not None
+
+
+def test_one_fedadam_step_matches_a_hand_computation():
+    from pfedest.server import ServerOptimizer
+
+    u = {"w": torch.tensor([1.0, -2.0], dtype=torch.float64)}
+    mean = {"w": torch.tensor([0.5, -1.0], dtype=torch.float64)}
+    opt = ServerOptimizer("adam", lr=0.01, betas=(0.9, 0.99), eps=1e-3)
+    new = opt.step(u, mean)
+    g = np.array([0.5, -1.0])  # u - mean
+    m = 0.1 * g
+    v = 0.01 * g ** 2
+    expected = np.array([1.0, -2.0]) - 0.01 * (m / 0.1) / (np.sqrt(v / 0.01) + 1e-3)
+    np.testing.assert_allclose(new["w"].numpy(), expected, rtol=1e-12)
+    # second step uses the stored moments
+    new2 = opt.step(new, mean)
+    g2 = new["w"].numpy() - np.array([0.5, -1.0])
+    m2 = 0.9 * m + 0.1 * g2
+    v2 = 0.99 * v + 0.01 * g2 ** 2
+    expected2 = new["w"].numpy() - 0.01 * (m2 / (1 - 0.9 ** 2)) / (np.sqrt(v2 / (1 - 0.99 ** 2)) + 1e-3)
+    np.testing.assert_allclose(new2["w"].numpy(), expected2, rtol=1e-12)
+
+
+def test_server_momentum_accumulates_pseudo_gradients():
+    from pfedest.server import ServerOptimizer
+
+    opt = ServerOptimizer("sgd", lr=0.5, momentum=0.9)
+    u = {"w": torch.tensor([1.0], dtype=torch.float64)}
+    mean = {"w": torch.tensor([0.0], dtype=torch.float64)}
+    u1 = opt.step(u, mean)  # b = 1, u = 1 - 0.5
+    assert u1["w"].item() == 0.5
+    u2 = opt.step(u1, mean)  # b = 0.9 * 1 + 0.5 = 1.4, u = 0.5 - 0.7
+    assert u2["w"].item() == pytest.approx(-0.2)
+    state = opt.state_dict()
+    clone = ServerOptimizer("sgd", lr=0.5, momentum=0.9)
+    clone.load_state_dict(state)
+    assert clone.step(u2, mean)["w"].item() == opt.step(u2, mean)["w"].item()
+
+
+def test_unknown_server_optimizer_is_refused():
+    from pfedest.server import ServerOptimizer
+
+    with pytest.raises(ValueError, match="sgd"):
+        ServerOptimizer("rmsprop")

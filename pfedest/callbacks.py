@@ -1,0 +1,154 @@
+"""Callbacks: code that runs at the start and end of training and of every round.
+
+A callback is a small scikit-learn estimator (its settings are parameters, so ``clone``,
+``get_params`` and ``GridSearchCV`` via ``callbacks__0__every`` work) with no-op hooks to
+override. The estimator clones its callbacks at the start of each ``fit``, so state a callback
+keeps (a best score) never leaks between fits; the live copies are ``estimator.callbacks_``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from .checkpoint import checkpoint_path, latest_checkpoint, list_checkpoints, save_checkpoint
+
+
+class Callback(BaseEstimator):
+    """Base class: override any of the hooks."""
+
+    def on_train_begin(self, estimator) -> None:
+        """Before the first round of a ``fit``."""
+
+    def on_round_begin(self, estimator, round_number: int, stage: str) -> None:
+        """Before round ``round_number`` (counted over the estimator's whole history, from 1)."""
+
+    def on_round_end(self, estimator, record: dict) -> None:
+        """After a round; ``record`` is the round's row of ``history_`` and may be extended."""
+
+    def on_train_end(self, estimator) -> None:
+        """After the last round of a ``fit`` (also when a callback stopped it early)."""
+
+
+class EvaluateClients(Callback):
+    """Every ``every`` rounds, score every client on its own held-out rows.
+
+    Adds ``{name}_mean``, ``{name}_weighted_mean``, ``{name}_p10`` (10th percentile over clients)
+    and ``{name}_worst`` to the round's record (NaN in rounds without an evaluation).
+
+    Parameters
+    ----------
+    X, y, client_ids : array-like
+        Held-out rows; every client in them must be known to the estimator.
+    every : int, default=1
+    name : str, default="valid"
+    """
+
+    def __init__(self, X=None, y=None, client_ids=None, every: int = 1, name: str = "valid"):
+        self.X = X
+        self.y = y
+        self.client_ids = client_ids
+        self.every = every
+        self.name = name
+
+    def on_round_end(self, estimator, record):
+        from .report import client_accuracies
+
+        keys = [f"{self.name}_{k}" for k in ("mean", "weighted_mean", "p10", "worst")]
+        if record["round"] % self.every:
+            record.update(dict.fromkeys(keys, math.nan))
+            return
+        _, counts, accuracy = client_accuracies(estimator, self.X, self.y, self.client_ids)
+        values = [accuracy.mean(), np.average(accuracy, weights=counts), np.quantile(accuracy, 0.1), accuracy.min()]
+        record.update({k: float(v) for k, v in zip(keys, values)})
+
+
+class EarlyStopping(Callback):
+    """Stop training when ``monitor`` has not improved for ``patience`` evaluations.
+
+    Parameters
+    ----------
+    monitor : str, default="valid_mean"
+        A key of the round records (rounds where it is NaN or missing are not evaluations).
+    patience : int, default=5
+    mode : {"max", "min"}, default="max"
+    min_delta : float, default=0.0
+    """
+
+    def __init__(self, monitor: str = "valid_mean", patience: int = 5, mode: str = "max", min_delta: float = 0.0):
+        self.monitor = monitor
+        self.patience = patience
+        self.mode = mode
+        self.min_delta = min_delta
+
+    def on_train_begin(self, estimator):
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {self.mode!r}")
+        self.best_ = -math.inf if self.mode == "max" else math.inf
+        self.best_round_ = None
+        self.waited_ = 0
+
+    def on_round_end(self, estimator, record):
+        value = record.get(self.monitor)
+        if value is None or math.isnan(value):
+            return
+        better = value > self.best_ + self.min_delta if self.mode == "max" else value < self.best_ - self.min_delta
+        if better:
+            self.best_, self.best_round_, self.waited_ = value, record["round"], 0
+            return
+        self.waited_ += 1
+        if self.waited_ >= self.patience:
+            estimator.request_stop(f"{self.monitor} has not improved for {self.patience} evaluations "
+                                   f"(best {self.best_:.4g} in round {self.best_round_}).")
+
+
+class Checkpoint(Callback):
+    """Save everything needed to continue training every ``every`` rounds; resume from it.
+
+    With ``resume=True``, a ``fit`` that finds a valid checkpoint of the same run in ``directory``
+    continues from it instead of starting over, and ends with the same parameters as a run that
+    was never interrupted. Broken files (truncated, corrupted) are skipped for the previous good one.
+
+    Parameters
+    ----------
+    directory : str or Path
+    every : int, default=10
+    keep : int, default=2
+        How many of the newest checkpoints to keep (older ones are deleted).
+    resume : bool, default=True
+    """
+
+    #: Saved after the other callbacks have added their entries to the round's record.
+    run_last = True
+
+    def __init__(self, directory=None, every: int = 10, keep: int = 2, resume: bool = True):
+        self.directory = directory
+        self.every = every
+        self.keep = keep
+        self.resume = resume
+
+    def on_train_begin(self, estimator):
+        if self.directory is None:
+            raise ValueError("Checkpoint needs a directory.")
+        Path(self.directory).mkdir(parents=True, exist_ok=True)
+        self.resumed_from_ = None
+        if self.resume:
+            found = latest_checkpoint(self.directory)
+            if found is not None:
+                path, state = found
+                estimator._restore_checkpoint(state)
+                self.resumed_from_ = str(path)
+
+    def on_round_end(self, estimator, record):
+        if record["round"] % self.every == 0:
+            self.save(estimator, record["round"])
+
+    def save(self, estimator, round_number: int) -> Path:
+        """Write a checkpoint of ``estimator`` now, and drop all but the ``keep`` newest."""
+        path = save_checkpoint(estimator._checkpoint_state(), checkpoint_path(self.directory, round_number))
+        for old in list_checkpoints(self.directory)[max(self.keep, 1):]:
+            old.unlink(missing_ok=True)
+        return path
