@@ -21,3 +21,13 @@ def test_quickstart_table_has_the_baselines_and_head_beats_fedavg(capsys):
     assert results["FedAlt, personal head"]["mean"] > results["FedAvg (nothing personal)"]["mean"] + 0.1
     for summary in results.values():
         assert summary["worst"] <= summary["mean"] <= 1
+
+
+def test_paper_pipeline_runs_every_stage_and_saves_its_figure(tmp_path, capsys):
+    rows = load("paper_pipeline").main(["--quick", "--out", str(tmp_path / "pipeline.png")])
+    assert (tmp_path / "pipeline.png").stat().st_size > 10_000
+    table = {name: stages for name, stages, _, _ in rows}
+    assert set(table["fedalt head"]) == {"pretrain", "train", "finetune"}
+    assert "pretrain" not in table["fedalt head, no pre-training"]
+    out = capsys.readouterr().out
+    assert "clients worse than FedAvg" in out and "fedsim adapters" in out
