@@ -131,6 +131,8 @@ class Checkpoint(Callback):
         self.resume = resume
 
     def on_train_begin(self, estimator):
+        from .training import restore_checkpoint
+
         if self.directory is None:
             raise ValueError("Checkpoint needs a directory.")
         Path(self.directory).mkdir(parents=True, exist_ok=True)
@@ -139,7 +141,7 @@ class Checkpoint(Callback):
             found = latest_checkpoint(self.directory)
             if found is not None:
                 path, state = found
-                estimator._restore_checkpoint(state)
+                restore_checkpoint(estimator, state)
                 self.resumed_from_ = str(path)
 
     def on_round_end(self, estimator, record):
@@ -148,7 +150,9 @@ class Checkpoint(Callback):
 
     def save(self, estimator, round_number: int) -> Path:
         """Write a checkpoint of ``estimator`` now, and drop all but the ``keep`` newest."""
-        path = save_checkpoint(estimator._checkpoint_state(), checkpoint_path(self.directory, round_number))
+        from .training import checkpoint_state
+
+        path = save_checkpoint(checkpoint_state(estimator), checkpoint_path(self.directory, round_number))
         for old in list_checkpoints(self.directory)[max(self.keep, 1):]:
             old.unlink(missing_ok=True)
         return path

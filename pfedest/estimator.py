@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
-import time
-from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -17,34 +14,15 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
-from tqdm.auto import tqdm
 
-from . import __version__
-from .algorithms import ALGORITHMS, StepSizes
-from .checkpoint import CheckpointError
 from .devices import resolve_device, to_device
-from .engine import ENGINES, auto_chunk_size, bytes_per_client, choose_engine, make_engine, run_round
+from .engine import ENGINES, bytes_per_client, choose_engine
 from .history import History
-from .model import make_loss, personalized_logits
+from .model import personalized_logits
 from .modules import default_module
-from .sampling import sample_clients
-from .schedules import SCHEDULES, make_schedule
-from .server import ServerOptimizer
+from .schedules import SCHEDULES
+from .training import client_data, run_plan
 from .splits import NAMED_SPLITS, make_split
-
-
-@dataclass
-class _ClientData:
-    X: torch.Tensor
-    y: torch.Tensor
-    counts: np.ndarray
-    offsets: np.ndarray
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
@@ -288,7 +266,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
             + [["train", self.n_rounds]] + ([["finetune", self.finetune_epochs]] if self.finetune_epochs else [])
         callbacks = [clone(cb) for cb in (self.callbacks or [])]
         self.callbacks_ = sorted(callbacks, key=lambda cb: getattr(cb, "run_last", False))
-        self._run_plan(plan, self._client_data(X, codes, rows), self.callbacks_)
+        run_plan(self, plan, client_data(self, X, codes, rows), self.callbacks_)
         return self
 
     def request_stop(self, reason: str) -> None:
@@ -324,7 +302,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         self._check_input_shape(X)
         codes = self._encode_labels(y)
         rows = self._rows_adding_new(self._check_client_ids(client_ids, len(X)))
-        self._run_plan([["personalize", epochs]], self._client_data(X, codes, rows), callbacks=[])
+        run_plan(self, [["personalize", epochs]], client_data(self, X, codes, rows), callbacks=[])
         return self
 
     # -------------------------------------------------------------- predict
@@ -379,9 +357,6 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         return accuracy_score(y, self.predict(X, client_ids), sample_weight=sample_weight)
 
     # ------------------------------------------------------------ internals
-    def _algorithm(self):
-        return ALGORITHMS[self.algorithm]
-
     def _check_input_shape(self, X):
         if X.shape[1:] != self.input_shape_:
             raise ValueError(f"X has rows of shape {X.shape[1:]}, but {type(self).__name__} was fitted on "
@@ -485,190 +460,6 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         self.engine_ = choose_engine(self.engine, self.module_, self.device_, n_params)
         example = torch.as_tensor(np.array(X[:1]), dtype=torch.float32, device=self.device_)
         self._bytes_per_client = bytes_per_client(self.module_, example, self.batch_size)
-
-    def _chunk_size(self):
-        if self.max_clients_per_batch is not None:
-            return self.max_clients_per_batch
-        return auto_chunk_size(self.device_, self._bytes_per_client)
-
-    def _steps(self, algorithm):
-        per_block = {"personal": self.personal_steps, "shared": self.shared_steps}
-        steps = {name: per_block[block] for name, block in algorithm.streams.items()}
-        if all(s == 0 for s in steps.values()):
-            raise ValueError(f"{algorithm.name} would take no local step: personal_steps={self.personal_steps}, "
-                             f"shared_steps={self.shared_steps}.")
-        return steps
-
-    def _n_sampled(self, n_clients):
-        m = self.clients_per_round
-        if isinstance(m, Real) and not isinstance(m, Integral):
-            return max(1, int(round(m * n_clients)))
-        return min(int(m), n_clients)
-
-    def _client_data(self, X, codes, rows) -> _ClientData:
-        """Rows sorted by client, on the device, with each client's count and offset."""
-        order = np.argsort(rows, kind="stable")
-        counts = np.bincount(rows, minlength=len(self.clients_))
-        return _ClientData(
-            X=torch.as_tensor(np.ascontiguousarray(X[order]), dtype=torch.float32, device=self.device_),
-            y=torch.as_tensor(codes[order], dtype=torch.int64, device=self.device_),
-            counts=counts, offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]))
-
-    def _run_plan(self, plan, data: _ClientData, callbacks) -> None:
-        """Run the stages of ``plan`` (``[stage, rounds]`` pairs) with the callbacks' hooks.
-
-        ``_progress`` counts the rounds done in each stage; a checkpoint restored by a callback in
-        ``on_train_begin`` sets it, and the plan continues from there.
-        """
-        self._plan, self._progress, self.stop_reason_ = plan, [0] * len(plan), None
-        for cb in callbacks:
-            cb.on_train_begin(self)
-        bar = tqdm(total=sum(n for _, n in plan), initial=sum(self._progress), desc=plan[-1][0],
-                   disable=not self.verbose, leave=False)
-        try:
-            for i, (stage, n_rounds) in enumerate(plan):
-                self._stop_requested = False
-                if self._progress[i] >= n_rounds:
-                    continue
-                run_one = self._stage(stage, data)
-                bar.set_description(stage)
-                while self._progress[i] < n_rounds and not self._stop_requested:
-                    round_number = len(self.history_) + 1
-                    for cb in callbacks:
-                        cb.on_round_begin(self, round_number, stage)
-                    record = run_one(self._progress[i], n_rounds)
-                    self._progress[i] += 1
-                    self.history_.append(record)
-                    for cb in callbacks:
-                        cb.on_round_end(self, record)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{record['train_loss']:.4f}")
-        finally:
-            bar.close()
-        for cb in callbacks:
-            cb.on_train_end(self)
-
-    def _stage(self, stage: str, data: _ClientData):
-        """A function ``(round_index, n_rounds) -> record`` that runs one round of ``stage``."""
-        base = make_loss(self.module_, dict(self.module_.named_buffers()), data.X, data.y)
-        present = np.flatnonzero(data.counts)
-        personal_state, loss, merge = self.personal_params_, base, None
-        options = dict(clip=self.clip_grad_norm, personal_l2=self.personal_l2,
-                       personal_anchor=self._personal_init if self.personal_l2_target == "init" else None)
-        together = make_split(self.split).pretrain_personal
-        if stage == "pretrain":
-            # FedAvg on the whole network: the personal part, identical on every client until
-            # personalization starts, trains as if it were shared (adapters stay the identity).
-            algorithm, n_sampled = ALGORITHMS["fedsim"], self._n_sampled(len(present))
-            fixed = {} if together else {k: v[0] for k, v in self.personal_params_.items()}
-            loss = lambda shared, personal, idx, mask: base(shared, fixed, idx, mask)  # noqa: E731
-            personal_state = {}
-
-            def merge(new_shared):
-                for k, v in self.personal_params_.items():
-                    if together:
-                        v.copy_(new_shared[k].expand_as(v))
-                return {k: v for k, v in new_shared.items() if k in self.shared_params_}
-        elif stage == "train":
-            algorithm, n_sampled = self._algorithm(), self._n_sampled(len(present))
-        else:  # "finetune", "personalize": every client trains its personal part alone
-            algorithm, n_sampled = ALGORITHMS["personal_only"], len(present)
-        aggregate = stage in ("pretrain", "train")
-        steps = self._steps(algorithm)
-        schedule = make_schedule(self.lr_schedule) if aggregate else (lambda r, n: 1.0)
-
-        def shared_in():
-            if stage != "pretrain":
-                return self.shared_params_
-            return {**self.shared_params_, **{k: v[0] for k, v in self.personal_params_.items() if together}}
-
-        engine = make_engine(self.engine_, loss, shared_in(), compile=self.compile, **options)
-        server = self._servers.setdefault(stage, self._make_server_optimizer())
-
-        def run_one(round_index, n_rounds):
-            tic = time.perf_counter()
-            factor = float(schedule(round_index, n_rounds))
-            lr = StepSizes(shared=self.lr * factor, personal=(self.personal_lr or self.lr) * factor)
-            sampled = sample_clients(self._rng, present, n_sampled)
-            shared, result = run_round(
-                algorithm=algorithm, engine=engine, shared=shared_in(), personal_state=personal_state,
-                counts=data.counts, offsets=data.offsets, sampled=sampled, rng=self._rng,
-                batch_size=self.batch_size, steps=steps, lr=lr, server_lr=self.server_lr,
-                chunk_size=self._chunk_size(), device=self.device_, aggregate=aggregate, server_optimizer=server)
-            round_number = len(self.history_) + 1
-            if not result.finite or not all(torch.isfinite(v).all() for v in shared.values()):
-                raise FloatingPointError(
-                    f"Training diverged in round {round_number} ({stage}): the loss or the shared parameters "
-                    f"became NaN or infinite (loss {result.loss_sum / max(result.row_count, 1):.4g}). The "
-                    f"model is kept as it was after round {round_number - 1}; lower lr (now {lr.shared:g}) "
-                    "or scale the features.")
-            self.shared_params_ = merge(shared) if merge else shared
-            return {
-                "round": round_number,
-                "stage": stage,
-                "train_loss": result.loss_sum / max(result.row_count, 1.0),
-                "n_clients": len(sampled),
-                "clients": self.clients_[sampled].tolist(),
-                "bytes_up": result.bytes_up,
-                "wall_time": time.perf_counter() - tic,
-                "lr": lr.shared,
-            }
-
-        return run_one
-
-    def _make_server_optimizer(self) -> ServerOptimizer:
-        return ServerOptimizer(self.server_optimizer, lr=self.server_lr, momentum=self.server_momentum)
-
-    # ---------------------------------------------------------- checkpoints
-    def _signature(self) -> dict:
-        shapes = {k: list(v.shape) for k, v in self.shared_params_.items()}
-        shapes.update({k: ["clients", *v.shape[1:]] for k, v in self.personal_params_.items()})
-        return shapes
-
-    def _checkpoint_state(self) -> dict:
-        """Everything needed to continue this fit: tensors, and JSON for the rest."""
-        meta = {
-            "pfedest_version": __version__,
-            "signature": self._signature(),
-            "classes": self.classes_.tolist(),
-            "clients": self.clients_.tolist(),
-            "plan": self._plan,
-            "progress": self._progress,
-            "history": list(self.history_),
-            "rng": self._rng.bit_generator.state,
-        }
-        cpu = torch.device("cpu")
-        return {
-            "meta": json.dumps(meta, default=_json_default),
-            "shared": to_device(self.shared_params_, cpu),
-            "personal": to_device(self.personal_params_, cpu),
-            "server": {stage: opt.state_dict() for stage, opt in self._servers.items()},
-        }
-
-    def _restore_checkpoint(self, state: dict) -> None:
-        """Continue from a checkpoint of this same run, or refuse it with the reason."""
-        meta = json.loads(state["meta"])
-        if meta["pfedest_version"] != __version__:
-            raise CheckpointError(f"The checkpoint was written by pfedest {meta['pfedest_version']}; this is "
-                                  f"pfedest {__version__}. Resume with the version that wrote it.")
-        if meta["signature"] != self._signature():
-            raise CheckpointError(f"The checkpoint is for a model with parameters {meta['signature']}, not "
-                                  f"{self._signature()}.")
-        if meta["classes"] != self.classes_.tolist() or meta["clients"] != self.clients_.tolist():
-            raise CheckpointError("The checkpoint was written for other classes or clients than this fit's data.")
-        if meta["plan"] != self._plan:
-            raise CheckpointError(f"The checkpoint belongs to the training plan {meta['plan']}, this fit's is "
-                                  f"{self._plan} (pretrain_rounds, n_rounds or finetune_epochs changed).")
-        self.shared_params_ = to_device(state["shared"], self.device_)
-        for k, v in to_device(state["personal"], self.device_).items():
-            self.personal_params_[k].copy_(v)
-        self._servers = {}
-        for stage, opt_state in state["server"].items():
-            self._servers[stage] = self._make_server_optimizer()
-            self._servers[stage].load_state_dict(to_device(opt_state, self.device_))
-        self._progress = list(meta["progress"])
-        self.history_ = History(meta["history"])
-        self._rng.bit_generator.state = meta["rng"]
 
     def _logits(self, X, client_ids):
         check_is_fitted(self)

@@ -1,0 +1,241 @@
+"""Training: the plan of stages (pre-train, FedAlt/FedSim, fine-tune), rounds, callbacks, checkpoints.
+
+These functions drive a :class:`~pfedest.PartialPersonalizedClassifier` through its training
+plan; the estimator validates input and keeps the state, the engine runs each round.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .algorithms import ALGORITHMS, StepSizes
+from .checkpoint import CheckpointError
+from .devices import to_device
+from .engine import auto_chunk_size, make_engine, run_round
+from .history import History
+from .model import make_loss
+from .sampling import sample_clients
+from .schedules import make_schedule
+from .server import ServerOptimizer
+from .splits import make_split
+
+
+@dataclass
+class ClientData:
+    """A fit's rows on the device, sorted by client, with each client's row count and offset."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+    counts: np.ndarray
+    offsets: np.ndarray
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def chunk_size(est):
+    if est.max_clients_per_batch is not None:
+        return est.max_clients_per_batch
+    return auto_chunk_size(est.device_, est._bytes_per_client)
+
+
+def local_steps(est, algorithm):
+    per_block = {"personal": est.personal_steps, "shared": est.shared_steps}
+    steps = {name: per_block[block] for name, block in algorithm.streams.items()}
+    if all(s == 0 for s in steps.values()):
+        raise ValueError(f"{algorithm.name} would take no local step: personal_steps={est.personal_steps}, "
+                         f"shared_steps={est.shared_steps}.")
+    return steps
+
+
+def clients_per_round(est, n_clients):
+    m = est.clients_per_round
+    if isinstance(m, Real) and not isinstance(m, Integral):
+        return max(1, int(round(m * n_clients)))
+    return min(int(m), n_clients)
+
+
+def client_data(est, X, codes, rows) -> ClientData:
+    """Rows sorted by client, on the device, with each client's count and offset."""
+    order = np.argsort(rows, kind="stable")
+    counts = np.bincount(rows, minlength=len(est.clients_))
+    return ClientData(
+        X=torch.as_tensor(np.ascontiguousarray(X[order]), dtype=torch.float32, device=est.device_),
+        y=torch.as_tensor(codes[order], dtype=torch.int64, device=est.device_),
+        counts=counts, offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]))
+
+
+def run_plan(est, plan, data: ClientData, callbacks) -> None:
+    """Run the stages of ``plan`` (``[stage, rounds]`` pairs) with the callbacks' hooks.
+
+    ``_progress`` counts the rounds done in each stage; a checkpoint restored by a callback in
+    ``on_train_begin`` sets it, and the plan continues from there.
+    """
+    est._plan, est._progress, est.stop_reason_ = plan, [0] * len(plan), None
+    for cb in callbacks:
+        cb.on_train_begin(est)
+    bar = tqdm(total=sum(n for _, n in plan), initial=sum(est._progress), desc=plan[-1][0],
+               disable=not est.verbose, leave=False)
+    try:
+        for i, (stage, n_rounds) in enumerate(plan):
+            est._stop_requested = False
+            if est._progress[i] >= n_rounds:
+                continue
+            run_one = stage_runner(est, stage, data)
+            bar.set_description(stage)
+            while est._progress[i] < n_rounds and not est._stop_requested:
+                round_number = len(est.history_) + 1
+                for cb in callbacks:
+                    cb.on_round_begin(est, round_number, stage)
+                record = run_one(est._progress[i], n_rounds)
+                est._progress[i] += 1
+                est.history_.append(record)
+                for cb in callbacks:
+                    cb.on_round_end(est, record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}")
+    finally:
+        bar.close()
+    for cb in callbacks:
+        cb.on_train_end(est)
+
+
+def stage_runner(est, stage: str, data: ClientData):
+    """A function ``(round_index, n_rounds) -> record`` that runs one round of ``stage``."""
+    base = make_loss(est.module_, dict(est.module_.named_buffers()), data.X, data.y)
+    present = np.flatnonzero(data.counts)
+    personal_state, loss, merge = est.personal_params_, base, None
+    options = dict(clip=est.clip_grad_norm, personal_l2=est.personal_l2,
+                   personal_anchor=est._personal_init if est.personal_l2_target == "init" else None)
+    together = make_split(est.split).pretrain_personal
+    if stage == "pretrain":
+        # FedAvg on the whole network: the personal part, identical on every client until
+        # personalization starts, trains as if it were shared (adapters stay the identity).
+        algorithm, n_sampled = ALGORITHMS["fedsim"], clients_per_round(est, len(present))
+        fixed = {} if together else {k: v[0] for k, v in est.personal_params_.items()}
+        loss = lambda shared, personal, idx, mask: base(shared, fixed, idx, mask)  # noqa: E731
+        personal_state = {}
+
+        def merge_pretrained(new_shared):
+            for k, v in est.personal_params_.items():
+                if together:
+                    v.copy_(new_shared[k].expand_as(v))
+            return {k: v for k, v in new_shared.items() if k in est.shared_params_}
+
+        merge = merge_pretrained
+    elif stage == "train":
+        algorithm, n_sampled = ALGORITHMS[est.algorithm], clients_per_round(est, len(present))
+    else:  # "finetune", "personalize": every client trains its personal part alone
+        algorithm, n_sampled = ALGORITHMS["personal_only"], len(present)
+    aggregate = stage in ("pretrain", "train")
+    steps = local_steps(est, algorithm)
+    schedule = make_schedule(est.lr_schedule) if aggregate else (lambda r, n: 1.0)
+
+    def shared_in():
+        if stage != "pretrain":
+            return est.shared_params_
+        return {**est.shared_params_, **{k: v[0] for k, v in est.personal_params_.items() if together}}
+
+    engine = make_engine(est.engine_, loss, shared_in(), compile=est.compile, **options)
+    server = est._servers.setdefault(stage, make_server_optimizer(est))
+
+    def run_one(round_index, n_rounds):
+        tic = time.perf_counter()
+        factor = float(schedule(round_index, n_rounds))
+        lr = StepSizes(shared=est.lr * factor, personal=(est.personal_lr or est.lr) * factor)
+        sampled = sample_clients(est._rng, present, n_sampled)
+        shared, result = run_round(
+            algorithm=algorithm, engine=engine, shared=shared_in(), personal_state=personal_state,
+            counts=data.counts, offsets=data.offsets, sampled=sampled, rng=est._rng,
+            batch_size=est.batch_size, steps=steps, lr=lr, server_lr=est.server_lr,
+            chunk_size=chunk_size(est), device=est.device_, aggregate=aggregate, server_optimizer=server)
+        round_number = len(est.history_) + 1
+        if not result.finite or not all(torch.isfinite(v).all() for v in shared.values()):
+            raise FloatingPointError(
+                f"Training diverged in round {round_number} ({stage}): the loss or the shared parameters "
+                f"became NaN or infinite (loss {result.loss_sum / max(result.row_count, 1):.4g}). The "
+                f"model is kept as it was after round {round_number - 1}; lower lr (now {lr.shared:g}) "
+                "or scale the features.")
+        est.shared_params_ = merge(shared) if merge else shared
+        return {
+            "round": round_number,
+            "stage": stage,
+            "train_loss": result.loss_sum / max(result.row_count, 1.0),
+            "n_clients": len(sampled),
+            "clients": est.clients_[sampled].tolist(),
+            "bytes_up": result.bytes_up,
+            "wall_time": time.perf_counter() - tic,
+            "lr": lr.shared,
+        }
+
+    return run_one
+
+
+def make_server_optimizer(est) -> ServerOptimizer:
+    return ServerOptimizer(est.server_optimizer, lr=est.server_lr, momentum=est.server_momentum)
+
+# ---------------------------------------------------------- checkpoints
+
+
+def signature(est) -> dict:
+    shapes = {k: list(v.shape) for k, v in est.shared_params_.items()}
+    shapes.update({k: ["clients", *v.shape[1:]] for k, v in est.personal_params_.items()})
+    return shapes
+
+
+def checkpoint_state(est) -> dict:
+    """Everything needed to continue this fit: tensors, and JSON for the rest."""
+    meta = {
+        "pfedest_version": __version__,
+        "signature": signature(est),
+        "classes": est.classes_.tolist(),
+        "clients": est.clients_.tolist(),
+        "plan": est._plan,
+        "progress": est._progress,
+        "history": list(est.history_),
+        "rng": est._rng.bit_generator.state,
+    }
+    cpu = torch.device("cpu")
+    return {
+        "meta": json.dumps(meta, default=_json_default),
+        "shared": to_device(est.shared_params_, cpu),
+        "personal": to_device(est.personal_params_, cpu),
+        "server": {stage: opt.state_dict() for stage, opt in est._servers.items()},
+    }
+
+
+def restore_checkpoint(est, state: dict) -> None:
+    """Continue from a checkpoint of this same run, or refuse it with the reason."""
+    meta = json.loads(state["meta"])
+    if meta["pfedest_version"] != __version__:
+        raise CheckpointError(f"The checkpoint was written by pfedest {meta['pfedest_version']}; this is "
+                              f"pfedest {__version__}. Resume with the version that wrote it.")
+    if meta["signature"] != signature(est):
+        raise CheckpointError(f"The checkpoint is for a model with parameters {meta['signature']}, not "
+                              f"{signature(est)}.")
+    if meta["classes"] != est.classes_.tolist() or meta["clients"] != est.clients_.tolist():
+        raise CheckpointError("The checkpoint was written for other classes or clients than this fit's data.")
+    if meta["plan"] != est._plan:
+        raise CheckpointError(f"The checkpoint belongs to the training plan {meta['plan']}, this fit's is "
+                              f"{est._plan} (pretrain_rounds, n_rounds or finetune_epochs changed).")
+    est.shared_params_ = to_device(state["shared"], est.device_)
+    for k, v in to_device(state["personal"], est.device_).items():
+        est.personal_params_[k].copy_(v)
+    est._servers = {}
+    for stage, opt_state in state["server"].items():
+        est._servers[stage] = make_server_optimizer(est)
+        est._servers[stage].load_state_dict(to_device(opt_state, est.device_))
+    est._progress = list(meta["progress"])
+    est.history_ = History(meta["history"])
+    est._rng.bit_generator.state = meta["rng"]
