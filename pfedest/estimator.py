@@ -356,6 +356,25 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
 
         return accuracy_score(y, self.predict(X, client_ids), sample_weight=sample_weight)
 
+    def client_report(self, X, y, client_ids, baseline=None):
+        """Every client's accuracy on its own rows, against a ``baseline`` model if given.
+
+        See :func:`pfedest.report.client_report` (summary rows, clients made worse, worst client).
+
+        Parameters
+        ----------
+        X, y, client_ids : array-like
+        baseline : fitted classifier, default=None
+            E.g. the same estimator fitted with ``split="none"`` (FedAvg).
+
+        Returns
+        -------
+        report : pfedest.report.ClientReport
+        """
+        from .report import client_report
+
+        return client_report(self, X, y, client_ids, baseline=baseline)
+
     # ------------------------------------------------------------ internals
     def _check_input_shape(self, X):
         if X.shape[1:] != self.input_shape_:

@@ -10,7 +10,9 @@ def client_accuracies(estimator, X, y, client_ids):
 
     Parameters
     ----------
-    estimator : fitted PartialPersonalizedClassifier
+    estimator : fitted classifier
+        A :class:`~pfedest.PartialPersonalizedClassifier`, or any fitted classifier whose
+        ``predict`` takes no client ids.
     X, y, client_ids : array-like
         Rows to evaluate; every client present is evaluated.
 
@@ -24,7 +26,7 @@ def client_accuracies(estimator, X, y, client_ids):
     """
     y = np.asarray(y)
     client_ids = np.asarray(client_ids)
-    correct = estimator.predict(X, client_ids=client_ids) == y
+    correct = _predict(estimator, X, client_ids) == y
     clients, inverse, counts = np.unique(client_ids, return_inverse=True, return_counts=True)
     hits = np.bincount(inverse, weights=correct, minlength=len(clients))
     return clients, counts, hits / counts
@@ -45,3 +47,205 @@ def summarize(counts, accuracy) -> dict:
         "weighted_mean": float(np.average(accuracy, weights=counts)),
         "worst": float(accuracy.min()),
     }
+
+
+#: Rows of :attr:`ClientReport.summary`, in order.
+SUMMARY_ROWS = ("mean", "weighted_mean", "std", "10%", "50%", "90%", "worst")
+
+
+def _summary_column(values: np.ndarray, counts: np.ndarray) -> dict:
+    q10, q50, q90 = np.quantile(values, [0.1, 0.5, 0.9])
+    return {
+        "mean": float(values.mean()),
+        "weighted_mean": float(np.average(values, weights=counts)),
+        "std": float(values.std()),
+        "10%": float(q10),
+        "50%": float(q50),
+        "90%": float(q90),
+        "worst": float(values.min()),
+    }
+
+
+def _pandas(as_frame):
+    if as_frame is False:
+        return None
+    try:
+        import pandas
+    except ImportError:
+        if as_frame:
+            raise ImportError("as_frame=True needs pandas (pip install pandas); as_frame=None falls back to "
+                              "dicts of arrays without it.") from None
+        return None
+    return pandas
+
+
+class ClientReport:
+    """Per-client accuracy of a model, against a baseline when one is given, and its summaries.
+
+    Made by :func:`client_report`; not meant to be built by hand.
+
+    Attributes
+    ----------
+    clients : pandas.DataFrame or dict of str to ndarray
+        One row per client, sorted by client id, with columns ``client``, ``n_samples``,
+        ``accuracy`` and, with a baseline, ``baseline_accuracy`` and ``change`` (model minus
+        baseline). A dict of equal-length arrays, keyed by the same column names, without pandas.
+    summary : pandas.DataFrame or dict of str to dict
+        Rows ``mean``, ``weighted_mean`` (by rows per client), ``std`` (over clients, ddof=0), ``10%``,
+        ``50%``, ``90%`` (quantiles over clients) and ``worst`` (the minimum), for each of the
+        columns ``accuracy`` and, with a baseline, ``baseline_accuracy`` and ``change``. Without
+        pandas, a dict ``{column: {row: value}}``; ``summary["change"]["mean"]`` reads the same
+        number either way.
+    n_clients : int
+    n_hurt : int or None
+        Clients whose accuracy is lower than the baseline's (``None`` without a baseline).
+    fraction_hurt : float or None
+        ``n_hurt / n_clients``.
+    mean_change_hurt : float or None
+        Mean change over the hurt clients (negative; NaN when no client is hurt).
+    fraction_improved : float or None
+        Share of clients whose accuracy is higher than the baseline's.
+    worst_client : object or None
+        The client with the largest drop (the most negative change).
+    """
+
+    def __init__(self, clients, summary, n_clients, hurt):
+        self.clients = clients
+        self.summary = summary
+        self.n_clients = n_clients
+        self.n_hurt = hurt.get("n_hurt")
+        self.fraction_hurt = hurt.get("fraction_hurt")
+        self.mean_change_hurt = hurt.get("mean_change_hurt")
+        self.fraction_improved = hurt.get("fraction_improved")
+        self.worst_client = hurt.get("worst_client")
+
+    @property
+    def has_baseline(self) -> bool:
+        """Whether the report compares against a baseline."""
+        return self.n_hurt is not None
+
+    def _column(self, name) -> np.ndarray:
+        return np.asarray(self.clients[name])
+
+    def _summary_value(self, column, row) -> float:
+        return float(self.summary[column][row])
+
+    def hurt_text(self) -> str:
+        """One sentence on the clients made worse (changes in accuracy points), e.g. for a figure title."""
+        if not self.has_baseline:
+            return "no baseline"
+        if self.n_hurt == 0:
+            return f"no client of {self.n_clients} made worse"
+        return (f"{self.n_hurt} of {self.n_clients} clients ({self.fraction_hurt:.0%}) made worse, by "
+                f"{-100 * self.mean_change_hurt:.1f} points on average (worst: client {self.worst_client}, "
+                f"{100 * self._summary_value('change', 'worst'):+.1f})")
+
+    def __str__(self) -> str:
+        columns = ["accuracy"] + (["baseline_accuracy", "change"] if self.has_baseline else [])
+        lines = [f"{'':<14}" + "".join(f"{c:>18}" for c in columns)]
+        for row in SUMMARY_ROWS:
+            lines.append(f"{row:<14}" + "".join(f"{self._summary_value(c, row):>18.4f}" for c in columns))
+        lines.append(f"{self.n_clients} clients; " + self.hurt_text())
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<ClientReport of {self.n_clients} clients; {self.hurt_text()}>"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        columns = ["accuracy"] + (["baseline_accuracy", "change"] if self.has_baseline else [])
+        head = "".join(f"<th>{c}</th>" for c in columns)
+        body = "".join(
+            f"<tr><th>{row}</th>" + "".join(f"<td>{self._summary_value(c, row):.4f}</td>" for c in columns) + "</tr>"
+            for row in SUMMARY_ROWS)
+        return (f"<table><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>"
+                f"<p>{self.n_clients} clients; {html.escape(self.hurt_text())}</p>")
+
+
+def _predict(estimator, X, client_ids):
+    """``predict`` with client ids when the estimator takes them (any fitted classifier may be a baseline)."""
+    import inspect
+
+    try:
+        takes_ids = "client_ids" in inspect.signature(estimator.predict).parameters
+    except (TypeError, ValueError):
+        takes_ids = False
+    return estimator.predict(X, client_ids=client_ids) if takes_ids else estimator.predict(X)
+
+
+def client_report(estimator, X, y, client_ids, baseline=None, *, as_frame: bool | None = None) -> ClientReport:
+    """Evaluate every client on its own rows, against a baseline: who gains, who loses, by how much.
+
+    Personalization can lower some clients' accuracy while the mean rises (Pillutla et al., 2022);
+    this report shows both.
+
+    Parameters
+    ----------
+    estimator : fitted classifier
+        Typically a :class:`~pfedest.PartialPersonalizedClassifier`; ``predict`` is called with
+        ``client_ids`` when it accepts them.
+    X : array-like of shape (n_samples, ...)
+    y : array-like of shape (n_samples,)
+    client_ids : array-like of shape (n_samples,)
+        Every client present here is evaluated (not only those of some round).
+    baseline : fitted classifier, default=None
+        What to compare with: e.g. the same model fitted with ``split="none"`` (FedAvg), or any
+        fitted classifier (``predict(X)`` is used if it takes no client ids).
+    as_frame : bool or None, default=None
+        Return pandas DataFrames (``True``), dicts of arrays (``False``), or DataFrames when pandas
+        is installed (``None``).
+
+    Returns
+    -------
+    ClientReport
+        ``.clients`` (one row per client), ``.summary`` (mean, weighted mean, standard deviation
+        over clients, 10/50/90 % quantiles, worst) and the share of clients made worse.
+
+    Examples
+    --------
+    Any fitted classifiers work; with pfedest, pass a personalized model and its FedAvg twin
+    (``split="none"``):
+
+    >>> from sklearn.dummy import DummyClassifier
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from pfedest.datasets import make_shifted_clients
+    >>> X, y, c = make_shifted_clients(n_clients=4, n_samples_per_client=30, random_state=0)
+    >>> model = LogisticRegression().fit(X, y)
+    >>> report = client_report(model, X, y, c, baseline=DummyClassifier().fit(X, y), as_frame=False)
+    >>> report.n_clients, sorted(report.clients)
+    (4, ['accuracy', 'baseline_accuracy', 'change', 'client', 'n_samples'])
+    """
+    pandas = _pandas(as_frame)
+    y = np.asarray(y)
+    client_ids = np.asarray(client_ids)
+    if y.ndim != 1 or client_ids.ndim != 1 or len(y) != len(client_ids):
+        raise ValueError(f"y and client_ids must be 1-D with one entry per row; got shapes {y.shape} and "
+                         f"{client_ids.shape}.")
+    if len(y) == 0:
+        raise ValueError("client_report needs at least one row to evaluate.")
+    clients, counts, accuracy = client_accuracies(estimator, X, y, client_ids)
+    columns = {"client": clients, "n_samples": counts, "accuracy": accuracy}
+    summary = {"accuracy": _summary_column(accuracy, counts)}
+    hurt: dict = {}
+    if baseline is not None:
+        _, inverse = np.unique(client_ids, return_inverse=True)
+        correct = _predict(baseline, X, client_ids) == y
+        base = np.bincount(inverse, weights=correct, minlength=len(clients)) / counts
+        change = accuracy - base
+        columns.update(baseline_accuracy=base, change=change)
+        summary.update(baseline_accuracy=_summary_column(base, counts), change=_summary_column(change, counts))
+        worse = change < 0
+        hurt = {
+            "n_hurt": int(worse.sum()),
+            "fraction_hurt": float(worse.mean()),
+            "mean_change_hurt": float(change[worse].mean()) if worse.any() else float("nan"),
+            "fraction_improved": float((change > 0).mean()),
+            "worst_client": clients[np.argmin(change)].item(),
+        }
+    if pandas is not None:
+        table = pandas.DataFrame(columns)
+        summary_table = pandas.DataFrame(summary).loc[list(SUMMARY_ROWS)]
+    else:
+        table, summary_table = columns, summary
+    return ClientReport(table, summary_table, len(clients), hurt)

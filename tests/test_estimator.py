@@ -303,3 +303,11 @@ def test_compiled_vmap_trains_the_same_model(federated):
         torch.testing.assert_close(eager.shared_params_[k], compiled.shared_params_[k], rtol=1e-5, atol=1e-6)
     for k in eager.personal_params_:
         torch.testing.assert_close(eager.personal_params_[k], compiled.personal_params_[k], rtol=1e-5, atol=1e-6)
+
+
+def test_client_report_method_scores_every_client_against_a_baseline(federated):
+    X, y, c = federated
+    est, fedavg = fitted(federated), fitted(federated, split="none")
+    report = est.client_report(X, y, c, baseline=fedavg)
+    assert len(report.clients) == len(np.unique(c))
+    assert 0 <= report.fraction_hurt <= 1
