@@ -234,7 +234,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *shape)
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *shape)``
             Rows of all clients.
         y : array-like of shape (n_samples,)
             Labels (any type scikit-learn accepts).
@@ -282,7 +282,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *shape)
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *shape)``
         y : array-like of shape (n_samples,)
             Labels among ``classes_``.
         client_ids : array-like of shape (n_samples,)
@@ -311,7 +311,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *shape)
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *shape)``
         client_ids : array-like of shape (n_samples,), default=None
             Required when the model was fit on more than one client.
 
@@ -326,7 +326,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *shape)
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *shape)``
         client_ids : array-like of shape (n_samples,), default=None
             Required when the model was fit on more than one client.
 
@@ -343,7 +343,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *shape)
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *shape)``
         y : array-like of shape (n_samples,)
         client_ids : array-like of shape (n_samples,), default=None
         sample_weight : array-like of shape (n_samples,), default=None
