@@ -1,0 +1,321 @@
+"""What the theory predicts for a problem of :mod:`pfedest.problems`, to set next to what a run measured.
+
+Three kinds of prediction, kept apart because they are not equally certain:
+
+1. **Proven here** (:func:`descent_bound`, :func:`trajectory_bound`): with one local step per
+   block, the descent lemma bounds the average over rounds of the stationarity measure
+
+       Phi_t = (1/L_u) ||grad_u F||^2 + (m/n) (1/L_v) sum_i alpha_i ||grad_v F_i||^2
+
+   by ``K [ (F(x_0) - F*) / T + (kappa/2) avg_t (L_u gamma_u^2 N_u,t + L_v gamma_v^2 N_v,t) ]``,
+   where ``kappa = 1 + chi`` for FedSim and ``1`` for FedAlt, ``c_b = gamma_b (1 - kappa L_b
+   gamma_b / 2)``, ``K = max(1 / (L_u c_u), 1 / (L_v c_v))``, and ``N_u,t``, ``N_v,t`` are the
+   variances of the round's shared and personal updates (client sampling and minibatches; see
+   :class:`pfedest.problems.Trajectory`). The derivation is in ``docs/theory.md``. It covers FedSim
+   with full or partial participation and FedAlt with full participation (for FedAlt the shared
+   gradient is taken at ``(u_t, V_{t+1})``, where its shared step starts). Without noise it holds
+   for every run; with noise it holds in expectation.
+2. **Exact for least squares** (:func:`round_jacobian`, :func:`linear_rate`): with full gradients
+   and full participation a round is an affine map ``x -> x* + J (x - x*)`` of ``x = (u, V)``; its
+   spectral radius is the linear convergence factor of the last iterate (for logistic regression:
+   of the Jacobian at the optimum, locally).
+3. **Recalled, shape only** (:func:`recalled_rate`, :data:`PREDICTED_SLOPES`): the paper's rates
+   for smooth nonconvex objectives (arXiv 2204.03809) have the shape
+   ``sqrt(dF0 s1 / T) + (dF0^2 s2 / T^2)^(1/3) + dF0 / T``. The theorems' text was not available to
+   this project, so their constants are unknown here: use these for exponents and trends only,
+   never as upper bounds.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+from .problems import PersonalizedProblem, Trajectory
+
+__all__ = ["PREDICTED_SLOPES", "theory_step_sizes", "tuned_eta", "descent_bound", "trajectory_bound",
+           "reference_round", "round_jacobian", "linear_rate", "recalled_rate", "fit_slope", "fit_linear_rate"]
+
+#: Log-log slope of the average stationarity over ``T`` rounds that the theory predicts.
+#: Without noise every term but ``dF0 / T`` vanishes; with noise and the step size tuned to ``T``
+#: (``gamma ~ 1/sqrt(T)``) the ``sqrt(dF0 s1 / T)`` term dominates at large ``T``.
+PREDICTED_SLOPES = {"deterministic": -1.0, "stochastic": -0.5}
+
+
+def _kappa(problem: PersonalizedProblem, algorithm: str) -> float:
+    if algorithm == "fedsim":
+        return 1.0 + problem.constants.chi
+    if algorithm == "fedalt":
+        return 1.0
+    raise ValueError(f"algorithm must be 'fedalt' or 'fedsim', got {algorithm!r}.")
+
+
+def theory_step_sizes(problem: PersonalizedProblem, eta: float = 1.0, *, n_rounds: Optional[int] = None,
+                      local_steps: Union[int, Tuple[int, int]] = 1) -> Tuple[float, float]:
+    """``gamma_u = eta / (L_u tau_u)`` and ``gamma_v = eta / (L_v tau_v)``, divided by ``sqrt(n_rounds)`` if given.
+
+    Parameters
+    ----------
+    problem : PersonalizedProblem
+    eta : float, default=1.0
+        The common step scale. The descent lemma needs ``eta < 2 / kappa`` with one local step
+        (``kappa = 1`` for FedAlt, ``1 + chi`` for FedSim).
+    n_rounds : int, default=None
+        Tune the steps to a horizon ``T``: ``eta / sqrt(T)``.
+    local_steps : int or (int, int), default=1
+        ``(tau_v, tau_u)``, or one count for both.
+
+    Returns
+    -------
+    lr_shared, lr_personal : float
+
+    Examples
+    --------
+    >>> from pfedest.problems import make_least_squares
+    >>> p = make_least_squares(n_clients=3, n_samples_per_client=10, random_state=0)
+    >>> lr_u, lr_v = theory_step_sizes(p, eta=1.0)
+    >>> bool(np.isclose(lr_u * p.constants.L_u, 1.0))
+    True
+    """
+    if not eta > 0:
+        raise ValueError(f"eta must be positive, got {eta!r}.")
+    tau_v, tau_u = (local_steps, local_steps) if np.isscalar(local_steps) else local_steps
+    scale = eta / np.sqrt(n_rounds) if n_rounds else eta
+    k = problem.constants
+    return scale / (k.L_u * tau_u), scale / (k.L_v * tau_v)
+
+
+def tuned_eta(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, batch_size: Optional[int] = None,
+              clients_per_round: Optional[int] = None, initial_gap: Optional[float] = None) -> float:
+    """The ``eta`` that minimizes :func:`descent_bound` at horizon ``T`` (noise evaluated at the optimum).
+
+    With ``gamma_b = eta / L_b`` the bound is about ``(dF0 / T + eta^2 kappa S / 2) / eta`` with
+    ``S = N_u / L_u + N_v / L_v``: minimal at ``eta = sqrt(2 dF0 / (kappa S T))``, which falls like
+    ``1 / sqrt(T)``; capped at ``1 / kappa`` (where the descent coefficient is still ``eta / 2``).
+    Without noise (``S = 0``) this is the cap.
+    """
+    kappa = _kappa(problem, algorithm)
+    u, V, F_star = problem.optimum
+    n = problem.n_clients
+    m = n if clients_per_round is None else int(clients_per_round)
+    b = int(problem.counts.max()) if batch_size is None else int(batch_size)
+    var_u, var_v = problem.gradient_variance(u, V, b)
+    alpha = problem.alpha
+    if m == n:
+        N_u = float(alpha ** 2 @ var_u)
+    else:
+        N_u = (n - m) / (m * (n - 1)) * problem.heterogeneity(u, V) + float(var_u.sum()) / (m * n)
+    N_v = (m / n) * float(alpha @ var_v)
+    k = problem.constants
+    S = N_u / k.L_u + N_v / k.L_v
+    if initial_gap is None:
+        initial_gap = problem.objective(np.zeros_like(u), np.zeros_like(V)) - F_star
+    cap = 1.0 / kappa
+    if S <= 0:
+        return cap
+    return float(min(cap, np.sqrt(2.0 * initial_gap / (kappa * S * n_rounds))))
+
+
+def descent_bound(problem: PersonalizedProblem, algorithm: str, lr_shared: float, lr_personal: float,
+                  n_rounds: int, *, initial_gap: float, clients_per_round: Optional[int] = None,
+                  local_steps: Union[int, Tuple[int, int]] = 1, noise_shared=0.0, noise_personal=0.0) -> np.ndarray:
+    """Upper bound on the average of the measure over the first ``T`` rounds, for ``T = 1..n_rounds``.
+
+    See the module docstring for the formula and ``docs/theory.md`` for its proof. It bounds
+    :meth:`pfedest.problems.Trajectory.running_mean` of ``measured`` (surely without noise, in
+    expectation with noise).
+
+    Parameters
+    ----------
+    problem : PersonalizedProblem
+    algorithm : {"fedalt", "fedsim"}
+    lr_shared, lr_personal : float
+        ``gamma_u``, ``gamma_v``.
+    n_rounds : int
+    initial_gap : float
+        ``F(x_0) - F*``.
+    clients_per_round : int, default=None
+        ``m``; ``None`` is all clients. FedAlt is covered only with all clients.
+    local_steps : int, default=1
+        Only one local step per block is covered.
+    noise_shared, noise_personal : float or ndarray of shape (n_rounds,), default=0.0
+        ``N_u,t`` and ``N_v,t`` per round (a number: the same every round).
+
+    Returns
+    -------
+    bound : ndarray of shape (n_rounds,)
+
+    Raises
+    ------
+    NotImplementedError
+        For a case the proof does not cover (several local steps; FedAlt with partial participation).
+    ValueError
+        When a step size is too large for the descent lemma (``gamma_b >= 2 / (kappa L_b)``).
+
+    Examples
+    --------
+    >>> from pfedest.problems import make_least_squares
+    >>> p = make_least_squares(n_clients=3, n_samples_per_client=10, random_state=0)
+    >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
+    >>> bound = descent_bound(p, "fedalt", lr_u, lr_v, 100, initial_gap=1.0)
+    >>> bool(np.isclose(bound[9] / bound[99], 10.0))
+    True
+    """
+    kappa = _kappa(problem, algorithm)
+    tau = (local_steps, local_steps) if np.isscalar(local_steps) else tuple(local_steps)
+    if tuple(tau) != (1, 1):
+        raise NotImplementedError(f"the descent bound covers one local step per block, got "
+                                  f"local_steps={local_steps!r}; use recalled_rate for the shape of the "
+                                  "multi-step rates.")
+    n = problem.n_clients
+    m = n if clients_per_round is None else int(clients_per_round)
+    if m < n and algorithm == "fedalt":
+        raise NotImplementedError("FedAlt with partial participation is not covered: its shared step uses personal "
+                                  "vectors that depend on which clients were sampled (the paper needs its 'virtual "
+                                  "full participation' argument there).")
+    if m < n and not np.allclose(problem.alpha, 1.0 / n):
+        raise NotImplementedError("partial participation is covered for equal client weights (equal row counts) only.")
+    k = problem.constants
+    c_u = lr_shared * (1.0 - kappa * k.L_u * lr_shared / 2.0)
+    c_v = lr_personal * (1.0 - kappa * k.L_v * lr_personal / 2.0)
+    if c_u <= 0 or c_v <= 0:
+        raise ValueError(f"step sizes too large for the descent lemma: need lr_shared < {2 / (kappa * k.L_u):.4g} and "
+                         f"lr_personal < {2 / (kappa * k.L_v):.4g} (kappa={kappa:.3g}), got {lr_shared:.4g} and "
+                         f"{lr_personal:.4g}.")
+    K = max(1.0 / (k.L_u * c_u), 1.0 / (k.L_v * c_v))
+    T = np.arange(1, n_rounds + 1)
+    per_round = (kappa / 2.0) * (k.L_u * lr_shared ** 2 * np.broadcast_to(noise_shared, (n_rounds,))
+                                 + k.L_v * lr_personal ** 2 * np.broadcast_to(noise_personal, (n_rounds,)))
+    return K * (initial_gap / T + np.cumsum(per_round) / T)
+
+
+def trajectory_bound(problem: PersonalizedProblem, trajectory: Trajectory) -> np.ndarray:
+    """:func:`descent_bound` with the step sizes, participation and per-round noise of a run."""
+    return descent_bound(problem, trajectory.algorithm, trajectory.lr_shared, trajectory.lr_personal,
+                         trajectory.n_rounds, initial_gap=float(trajectory.objective_gap[0]),
+                         clients_per_round=trajectory.clients_per_round, local_steps=trajectory.local_steps,
+                         noise_shared=trajectory.noise_shared, noise_personal=trajectory.noise_personal)
+
+
+def reference_round(problem: PersonalizedProblem, u: np.ndarray, V: np.ndarray, algorithm: str, lr_shared: float,
+                    lr_personal: float, local_steps: Union[int, Tuple[int, int]] = 1) -> Tuple[np.ndarray, np.ndarray]:
+    """One round with full gradients and all clients, written directly in NumPy from the algorithms' definitions.
+
+    An independent statement of FedAlt and FedSim (it shares no code with :mod:`pfedest.algorithms`),
+    used for :func:`linear_rate` and as a test oracle.
+    """
+    tau_v, tau_u = (local_steps, local_steps) if np.isscalar(local_steps) else local_steps
+    n = problem.n_clients
+    U = np.broadcast_to(np.asarray(u, dtype=np.float64), (n, problem.dim_shared)).copy()
+    V = np.asarray(V, dtype=np.float64).copy()
+    if algorithm == "fedalt":
+        for _ in range(tau_v):
+            _, g_v = problem.client_gradients(u, V, per_client_shared=U)
+            V = V - lr_personal * g_v
+        for _ in range(tau_u):
+            g_u, _ = problem.client_gradients(u, V, per_client_shared=U)
+            U = U - lr_shared * g_u
+    elif algorithm == "fedsim":
+        if tau_v != tau_u:
+            raise ValueError(f"FedSim takes joint steps: give one local step count, got {local_steps!r}.")
+        for _ in range(tau_u):
+            g_u, g_v = problem.client_gradients(u, V, per_client_shared=U)
+            U, V = U - lr_shared * g_u, V - lr_personal * g_v
+    else:
+        raise ValueError(f"algorithm must be 'fedalt' or 'fedsim', got {algorithm!r}.")
+    return problem.alpha @ U, V
+
+
+def round_jacobian(problem: PersonalizedProblem, algorithm: str, lr_shared: float, lr_personal: float,
+                   local_steps: Union[int, Tuple[int, int]] = 1, eps: float = 1e-6) -> np.ndarray:
+    """Jacobian of one full-gradient, full-participation round at the optimum, over ``x = (u, v_1, ..., v_n)``.
+
+    Central differences of :func:`reference_round`. For least squares the round is affine, so
+    ``x_t - x* = J^t (x_0 - x*)`` exactly; for logistic regression this holds near the optimum.
+    """
+    u, V, _ = problem.optimum
+    d_u = problem.dim_shared
+    x0 = np.concatenate([u, V.ravel()])
+
+    def round_map(x):
+        u_new, V_new = reference_round(problem, x[:d_u], x[d_u:].reshape(V.shape), algorithm, lr_shared,
+                                       lr_personal, local_steps)
+        return np.concatenate([u_new, V_new.ravel()])
+
+    J = np.empty((len(x0), len(x0)))
+    for j in range(len(x0)):
+        e = np.zeros_like(x0)
+        e[j] = eps
+        J[:, j] = (round_map(x0 + e) - round_map(x0 - e)) / (2 * eps)
+    return J
+
+
+def linear_rate(problem: PersonalizedProblem, algorithm: str, lr_shared: float, lr_personal: float,
+                local_steps: Union[int, Tuple[int, int]] = 1, eps: float = 1e-6) -> float:
+    """Spectral radius of :func:`round_jacobian`: the asymptotic factor per round of ``||x_t - x*||``.
+
+    Exact for least squares (locally for logistic regression); ``> 1`` means the iteration diverges.
+    When the two largest eigenvalues are close, a run approaches this factor only slowly.
+
+    Examples
+    --------
+    >>> from pfedest.problems import make_least_squares
+    >>> p = make_least_squares(n_clients=3, n_samples_per_client=10, coupling=0.0, random_state=0)
+    >>> lr_u, lr_v = theory_step_sizes(p, eta=1.0)
+    >>> a, s = (linear_rate(p, alg, lr_u, lr_v) for alg in ("fedalt", "fedsim"))
+    >>> bool(abs(a - s) < 1e-8)
+    True
+    """
+    J = round_jacobian(problem, algorithm, lr_shared, lr_personal, local_steps, eps)
+    return float(np.max(np.abs(np.linalg.eigvals(J))))
+
+
+def recalled_rate(n_rounds, initial_gap: float, s1: float, s2: float = 0.0) -> np.ndarray:
+    """The *shape* of the paper's rate: ``sqrt(dF0 s1 / T) + (dF0^2 s2 / T^2)^(1/3) + dF0 / T``.
+
+    Recalled, not read: the theorems' constants are unknown here (see the module docstring). Use
+    it for exponents and crossovers (the ``1/sqrt(T)`` term dominates at large ``T`` once there is
+    noise, ``s1 > 0``), never as an upper bound.
+
+    Examples
+    --------
+    >>> T = np.array([1e6, 1e8])
+    >>> r = recalled_rate(T, 1.0, s1=1.0)
+    >>> round(fit_slope(T, r), 2)
+    -0.5
+    """
+    T = np.asarray(n_rounds, dtype=float)
+    return np.sqrt(initial_gap * s1 / T) + np.cbrt(initial_gap ** 2 * s2 / T ** 2) + initial_gap / T
+
+
+def fit_slope(x, y) -> float:
+    """Least-squares slope of ``log y`` against ``log x``.
+
+    Examples
+    --------
+    >>> round(fit_slope([1, 10, 100], [1, 0.1, 0.01]), 6)
+    -1.0
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.shape != y.shape or len(x) < 2 or np.any(x <= 0) or np.any(y <= 0):
+        raise ValueError(f"fit_slope needs at least two positive (x, y) pairs of equal length; got {len(x)} x and "
+                         f"{len(y)} y values, min x {x.min() if x.size else None}, "
+                         f"min y {y.min() if y.size else None}.")
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def fit_linear_rate(values, low: float = 1e-11, high: float = 1e-3) -> float:
+    """Per-round factor ``r`` of a sequence ``values[t] ~ C r^t``, fitted where ``low < values < high``.
+
+    Examples
+    --------
+    >>> round(fit_linear_rate(0.5 ** np.arange(60)), 6)
+    0.5
+    """
+    values = np.asarray(values, dtype=float)
+    t = np.flatnonzero((values > low) & (values < high))
+    if len(t) < 3:
+        raise ValueError(f"fewer than 3 values between {low:g} and {high:g}: run more rounds or widen the window.")
+    return float(np.exp(np.polyfit(t, np.log(values[t]), 1)[0]))

@@ -1,0 +1,165 @@
+"""The theory's predictions against what FedAlt and FedSim do on problems with known constants.
+
+Tolerances, fixed before measuring: slope -1 (full gradients) within 0.05, since the average of a
+summable sequence is S/T once the transient is over; slope -1/2 (noise, step tuned to T) within
+0.15, for one seed per horizon over a factor 8 in T; the last iterate of least squares to the
+affine round it is, to 1e-5.
+"""
+
+import numpy as np
+import pytest
+
+from pfedest.problems import make_least_squares, run
+from pfedest.rates import (PREDICTED_SLOPES, descent_bound, fit_linear_rate, fit_slope, linear_rate, recalled_rate,
+                           round_jacobian, theory_step_sizes, trajectory_bound, tuned_eta)
+
+PROBLEM = make_least_squares(n_clients=6, n_samples_per_client=24, dim_shared=4, dim_personal=2, random_state=0)
+ROUNDS = 150
+
+
+@pytest.fixture(scope="module")
+def deterministic():
+    """Full gradients, all clients: each algorithm at eta = 0.5 and at its prescribed cap 1 / kappa."""
+    runs = []
+    for alg in ("fedalt", "fedsim"):
+        for eta in (0.5, tuned_eta(PROBLEM, alg, ROUNDS)):
+            lr_u, lr_v = theory_step_sizes(PROBLEM, eta)
+            runs.append((alg, eta, lr_u, lr_v, run(PROBLEM, alg, ROUNDS, lr_shared=lr_u, lr_personal=lr_v)))
+    return runs
+
+
+def test_average_stationarity_never_exceeds_the_descent_bound_without_noise(deterministic):
+    for alg, eta, _, _, traj in deterministic:
+        measured, bound = traj.running_mean(), trajectory_bound(PROBLEM, traj)
+        assert np.all(measured <= bound), (alg, eta)
+        assert (measured / bound).max() > 0.2, (alg, eta)  # and the bound is not vacuous
+
+
+def test_average_stationarity_falls_like_one_over_T_without_noise(deterministic):
+    T = np.arange(1, ROUNDS + 1)
+    for alg, eta, _, _, traj in deterministic:
+        late = T >= ROUNDS // 10
+        slope = fit_slope(T[late], traj.running_mean()[late])
+        assert slope == pytest.approx(PREDICTED_SLOPES["deterministic"], abs=0.05), (alg, eta)
+
+
+def test_last_iterate_follows_the_affine_round_exactly(deterministic):
+    # Least squares: x_t - x* = J^t (x_0 - x*), J the round's Jacobian; the distance decays like
+    # rho(J)^t asymptotically (slowly reached here: the two largest |eigenvalues| differ by < 1 %).
+    u_star, V_star, _ = PROBLEM.optimum
+    for alg, eta, lr_u, lr_v, traj in deterministic:
+        J = round_jacobian(PROBLEM, alg, lr_u, lr_v)
+        error = -np.concatenate([u_star, V_star.ravel()])  # x_0 = 0
+        predicted = []
+        for _ in range(len(traj.distance)):
+            predicted.append(np.linalg.norm(error))
+            error = J @ error
+        predicted = np.array(predicted)
+        above_floor = predicted > 1e-9
+        np.testing.assert_allclose(traj.distance[above_floor], predicted[above_floor], rtol=1e-5)
+        rho = linear_rate(PROBLEM, alg, lr_u, lr_v)
+        assert rho == pytest.approx(np.max(np.abs(np.linalg.eigvals(J))))
+        assert (predicted[-1] / predicted[-21]) ** (1 / 20) == pytest.approx(rho, abs=0.01)
+
+
+@pytest.mark.parametrize("algorithm", ["fedalt", "fedsim"])
+def test_with_minibatch_noise_and_the_step_tuned_to_T_the_slope_is_minus_one_half(algorithm):
+    horizons = [50, 100, 200, 400]
+    finals, excess = [], []
+    for T in horizons:
+        eta = tuned_eta(PROBLEM, algorithm, T, batch_size=4)
+        lr_u, lr_v = theory_step_sizes(PROBLEM, eta)
+        traj = run(PROBLEM, algorithm, T, lr_shared=lr_u, lr_personal=lr_v, batch_size=4, random_state=T)
+        finals.append(traj.running_mean()[-1])
+        excess.append(finals[-1] - trajectory_bound(PROBLEM, traj)[-1])
+    assert fit_slope(horizons, finals) == pytest.approx(PREDICTED_SLOPES["stochastic"], abs=0.15)
+    # The bound holds in expectation: over independent runs the excess averages below zero.
+    assert np.mean(excess) < 0
+
+
+def test_fedsim_bound_holds_in_expectation_with_partial_participation():
+    lr_u, lr_v = theory_step_sizes(PROBLEM, 0.5)
+    measured, bound = [], []
+    for seed in range(3):
+        traj = run(PROBLEM, "fedsim", 100, lr_shared=lr_u, lr_personal=lr_v, clients_per_round=2, random_state=seed)
+        measured.append(traj.running_mean())
+        bound.append(trajectory_bound(PROBLEM, traj))
+    assert np.all(np.mean(measured, 0) <= np.mean(bound, 0))
+    noiseless = descent_bound(PROBLEM, "fedsim", lr_u, lr_v, 100, initial_gap=float(traj.objective_gap[0]),
+                              clients_per_round=2)
+    assert np.mean(bound, 0)[-1] > 2 * noiseless[-1]  # client sampling (delta^2) is in the bound
+
+
+def test_cases_the_proof_does_not_cover_are_refused():
+    lr_u, lr_v = theory_step_sizes(PROBLEM, 0.5)
+    with pytest.raises(NotImplementedError, match="virtual full participation"):
+        descent_bound(PROBLEM, "fedalt", lr_u, lr_v, 10, initial_gap=1.0, clients_per_round=2)
+    with pytest.raises(NotImplementedError, match="one local step"):
+        descent_bound(PROBLEM, "fedsim", lr_u, lr_v, 10, initial_gap=1.0, local_steps=2)
+    chi = PROBLEM.constants.chi
+    ok_u, ok_v = theory_step_sizes(PROBLEM, 1.9)  # eta < 2: FedAlt descends, FedSim needs eta < 2 / (1 + chi)
+    assert descent_bound(PROBLEM, "fedalt", ok_u, ok_v, 10, initial_gap=1.0)[-1] > 0
+    assert 1.9 > 2 / (1 + chi)
+    with pytest.raises(ValueError, match="too large"):
+        descent_bound(PROBLEM, "fedsim", ok_u, ok_v, 10, initial_gap=1.0)
+
+
+def test_fedalt_is_never_slower_than_fedsim_and_equal_without_coupling():
+    # Computed spectral radii (no runs): the deterministic face of the paper's comparison.
+    for coupling in (0.0, 0.3, 0.6, 0.9):
+        problem = make_least_squares(n_clients=6, n_samples_per_client=24, dim_shared=4, dim_personal=2,
+                                     coupling=coupling, random_state=0)
+        for eta in (0.5, 1.0):
+            lr_u, lr_v = theory_step_sizes(problem, eta)
+            alt, sim = linear_rate(problem, "fedalt", lr_u, lr_v), linear_rate(problem, "fedsim", lr_u, lr_v)
+            if coupling == 0.0:
+                assert alt == pytest.approx(sim, abs=1e-10)
+            else:
+                assert alt < sim
+
+
+def test_a_step_beyond_fedsims_descent_condition_diverges_while_fedalt_converges():
+    # eta = 1.5 > 2 / (1 + chi) at chi ~ 0.8 (the condition is sufficient, so this is a fixed
+    # instance, not a theorem): the run agrees with the spectral radii on both sides of 1.
+    problem = make_least_squares(coupling=0.8, random_state=0)
+    lr_u, lr_v = theory_step_sizes(problem, 1.5)
+    assert 1.5 > 2 / (1 + problem.constants.chi)
+    for alg, expect_growth in (("fedalt", False), ("fedsim", True)):
+        rho = linear_rate(problem, alg, lr_u, lr_v)
+        assert (rho > 1) == expect_growth
+        traj = run(problem, alg, 80, lr_shared=lr_u, lr_personal=lr_v)
+        assert (traj.distance[-1] > traj.distance[0]) == expect_growth
+
+
+def test_recalled_rate_has_the_shape_the_paper_states():
+    T = np.logspace(8, 10, 5)
+    assert fit_slope(T, recalled_rate(T, 1.0, s1=1.0)) == pytest.approx(-0.5, abs=0.01)
+    assert fit_slope(T, recalled_rate(T, 1.0, s1=0.0)) == pytest.approx(-1.0, abs=1e-9)
+    # local drift only: the (dF0^2 s2 / T^2)^(1/3) term, slope -2/3, until dF0/T catches up
+    assert fit_slope(T, recalled_rate(T, 1.0, s1=0.0, s2=1e6)) == pytest.approx(-2 / 3, abs=0.01)
+
+
+def test_tuned_step_is_the_cap_without_noise_and_falls_like_one_over_sqrt_T_with_noise():
+    chi = PROBLEM.constants.chi
+    assert tuned_eta(PROBLEM, "fedalt", 100) == 1.0
+    assert tuned_eta(PROBLEM, "fedsim", 100) == pytest.approx(1 / (1 + chi))
+    small, large = (tuned_eta(PROBLEM, "fedsim", T, batch_size=2) for T in (1_000, 4_000))
+    assert small < 1 / (1 + chi) and small / large == pytest.approx(2.0)
+
+
+def test_theory_step_sizes_scale_with_local_steps_and_horizon():
+    k = PROBLEM.constants
+    lr_u, lr_v = theory_step_sizes(PROBLEM, 0.8, n_rounds=16, local_steps=(2, 4))
+    assert lr_u == pytest.approx(0.8 / 4 / (k.L_u * 4))
+    assert lr_v == pytest.approx(0.8 / 4 / (k.L_v * 2))
+    with pytest.raises(ValueError, match="eta"):
+        theory_step_sizes(PROBLEM, 0.0)
+
+
+def test_fits_refuse_what_they_cannot_fit():
+    with pytest.raises(ValueError, match="two positive"):
+        fit_slope([1.0], [1.0])
+    with pytest.raises(ValueError, match="two positive"):
+        fit_slope([1.0, 2.0], [1.0, -1.0])
+    with pytest.raises(ValueError, match="fewer than 3"):
+        fit_linear_rate([1.0, 0.5, 1e-20])
