@@ -31,7 +31,21 @@ Step = Callable[..., Tuple[Params, Params, Stats]]
 
 @dataclass(frozen=True)
 class StepSizes:
-    """Client learning rates for the shared and the personal block."""
+    """Client learning rates for the shared and the personal block.
+
+    Parameters
+    ----------
+    shared : float
+        Learning rate of the shared parameters ``u``.
+    personal : float
+        Learning rate of the personal parameters ``v_i``.
+
+    Examples
+    --------
+    >>> from pfedest.algorithms import StepSizes
+    >>> StepSizes(shared=0.1, personal=0.5).personal
+    0.5
+    """
 
     shared: float
     personal: float
@@ -72,6 +86,20 @@ def sgd_step(loss: LossFn, shared: Params, personal: Params, idx: torch.Tensor, 
         After the step.
     stats : tuple of Tensor
         The minibatch's ``(loss sum, row count)`` before the step.
+
+    Examples
+    --------
+    >>> import torch
+    >>> X, y = torch.ones(4, 1), torch.full((4,), 2.0)
+    >>> def loss(shared, personal, idx, mask):
+    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
+    ...     return err.sum() / mask.sum(), (err.sum().detach(), mask.sum())
+    >>> from pfedest.algorithms import sgd_step
+    >>> shared, personal = {"w": torch.zeros(1)}, {"b": torch.zeros(())}
+    >>> idx, mask = torch.arange(4), torch.ones(4)
+    >>> u, v, (loss_sum, count) = sgd_step(loss, shared, personal, idx, mask, None, 0.25)
+    >>> u["w"].item(), v["b"].item(), loss_sum.item(), count.item()
+    (0.0, 1.0, 16.0, 4.0)
     """
     blocks = [(0, shared, lr_shared), (1, personal, lr_personal)]
     trained = tuple(i for i, params, lr in blocks if lr is not None and params)
@@ -122,6 +150,22 @@ def fedalt(step: Step, shared: Params, personal: Params, streams: Mapping[str, S
         ``u_i`` (sent to the server) and ``v_i+`` (kept by the client).
     totals : tuple
         Sum of minibatch row losses and number of rows, over all local steps.
+
+    Examples
+    --------
+    >>> import torch
+    >>> X, y = torch.ones(4, 1), torch.full((4,), 2.0)
+    >>> def loss(shared, personal, idx, mask):
+    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
+    ...     return err.sum() / mask.sum(), (err.sum().detach(), mask.sum())
+    >>> from functools import partial
+    >>> from pfedest.algorithms import StepSizes, fedalt, sgd_step
+    >>> batch = [(torch.arange(4), torch.ones(4))]
+    >>> u, v, (loss_sum, count) = fedalt(partial(sgd_step, loss), {"w": torch.zeros(1)},
+    ...                                  {"b": torch.zeros(())}, {"personal": batch, "shared": batch},
+    ...                                  StepSizes(shared=0.25, personal=0.25))
+    >>> v["b"].item(), u["w"].item(), count.item()
+    (1.0, 0.5, 8.0)
     """
     totals = (0.0, 0.0)
     shared, personal, totals = _run_stream(step, shared, personal, streams["personal"], None, lr.personal, totals)
@@ -132,13 +176,80 @@ def fedalt(step: Step, shared: Params, personal: Params, streams: Mapping[str, S
 def fedsim(step: Step, shared: Params, personal: Params, streams: Mapping[str, Stream], lr: StepSizes):
     """FedSim's local update: ``u`` and ``v`` take simultaneous SGD steps on the ``"joint"`` stream.
 
-    Parameters and returns as in :func:`fedalt`.
+    Parameters
+    ----------
+    step : callable
+        ``step(shared, personal, idx, mask, lr_shared, lr_personal)``, as in :func:`fedalt`.
+    shared, personal : dict of str to Tensor
+        The starting point ``(u, v_i)``.
+    streams : dict
+        ``"joint"``: a sequence of ``(idx, mask)`` minibatches.
+    lr : StepSizes
+        Client learning rates.
+
+    Returns
+    -------
+    shared, personal : dict
+        ``u_i`` (sent to the server) and ``v_i+`` (kept by the client).
+    totals : tuple
+        Sum of minibatch row losses and number of rows, over all local steps.
+
+    Examples
+    --------
+    >>> import torch
+    >>> X, y = torch.ones(4, 1), torch.full((4,), 2.0)
+    >>> def loss(shared, personal, idx, mask):
+    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
+    ...     return err.sum() / mask.sum(), (err.sum().detach(), mask.sum())
+    >>> from functools import partial
+    >>> from pfedest.algorithms import StepSizes, fedsim, sgd_step
+    >>> batch = [(torch.arange(4), torch.ones(4))]
+    >>> u, v, (loss_sum, count) = fedsim(partial(sgd_step, loss), {"w": torch.zeros(1)},
+    ...                                  {"b": torch.zeros(())}, {"joint": batch},
+    ...                                  StepSizes(shared=0.25, personal=0.25))
+    >>> u["w"].item(), v["b"].item(), loss_sum.item()
+    (1.0, 1.0, 16.0)
     """
     return _run_stream(step, shared, personal, streams["joint"], lr.shared, lr.personal, (0.0, 0.0))
 
 
 def personal_only(step: Step, shared: Params, personal: Params, streams: Mapping[str, Stream], lr: StepSizes):
-    """Train ``v`` alone with ``u`` frozen: personalizing new clients, fine-tuning."""
+    """Train ``v`` alone with ``u`` frozen: personalizing new clients, fine-tuning.
+
+    Parameters
+    ----------
+    step : callable
+        ``step(shared, personal, idx, mask, lr_shared, lr_personal)``, as in :func:`fedalt`.
+    shared, personal : dict of str to Tensor
+        The starting point ``(u, v_i)``; ``u`` is returned unchanged.
+    streams : dict
+        ``"personal"``: a sequence of ``(idx, mask)`` minibatches.
+    lr : StepSizes
+        Client learning rates (only ``lr.personal`` is used).
+
+    Returns
+    -------
+    shared, personal : dict
+        ``u`` unchanged and the trained ``v_i``.
+    totals : tuple
+        Sum of minibatch row losses and number of rows, over all local steps.
+
+    Examples
+    --------
+    >>> import torch
+    >>> X, y = torch.ones(4, 1), torch.full((4,), 2.0)
+    >>> def loss(shared, personal, idx, mask):
+    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
+    ...     return err.sum() / mask.sum(), (err.sum().detach(), mask.sum())
+    >>> from functools import partial
+    >>> from pfedest.algorithms import StepSizes, personal_only, sgd_step
+    >>> batch = [(torch.arange(4), torch.ones(4))]
+    >>> u, v, _ = personal_only(partial(sgd_step, loss), {"w": torch.zeros(1)},
+    ...                         {"b": torch.zeros(())}, {"personal": batch},
+    ...                         StepSizes(shared=0.25, personal=0.25))
+    >>> u["w"].item(), v["b"].item()
+    (0.0, 1.0)
+    """
     return _run_stream(step, shared, personal, streams["personal"], None, lr.personal, (0.0, 0.0))
 
 
@@ -148,6 +259,22 @@ class Algorithm:
 
     ``streams`` maps a stream name to ``"personal"`` or ``"shared"``: which of the estimator's
     step counts (``personal_steps``, ``shared_steps``) sets that stream's length.
+
+    Parameters
+    ----------
+    name : str
+        The registry key, e.g. ``"fedalt"``.
+    local_update : callable
+        ``local_update(step, shared, personal, streams, lr) -> (shared, personal, totals)``.
+    streams : dict of str to str
+        Stream name to ``"personal"`` or ``"shared"``.
+
+    Examples
+    --------
+    >>> from pfedest.algorithms import ALGORITHMS
+    >>> algo = ALGORITHMS["fedalt"]
+    >>> algo.name, dict(algo.streams)
+    ('fedalt', {'personal': 'personal', 'shared': 'shared'})
     """
 
     name: str

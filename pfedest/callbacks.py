@@ -18,7 +18,21 @@ from .checkpoint import checkpoint_path, latest_checkpoint, list_checkpoints, sa
 
 
 class Callback(BaseEstimator):
-    """Base class: override any of the hooks."""
+    """Base class: override any of the hooks.
+
+    Parameters
+    ----------
+    None
+        The base class takes no parameters; a subclass's ``__init__`` arguments are its settings.
+
+    Examples
+    --------
+    >>> class PrintLoss(Callback):
+    ...     def on_round_end(self, estimator, record):
+    ...         print(record["round"], round(record["train_loss"], 2))
+    >>> PrintLoss().on_round_end(None, {"round": 1, "train_loss": 0.6931})
+    1 0.69
+    """
 
     def on_train_begin(self, estimator) -> None:
         """Before the first round of a ``fit``."""
@@ -45,6 +59,17 @@ class EvaluateClients(Callback):
         Held-out rows; every client in them must be known to the estimator.
     every : int, default=1
     name : str, default="valid"
+
+    Examples
+    --------
+    Any fitted classifier can be scored; in training the estimator calls the hook itself:
+
+    >>> from sklearn.dummy import DummyClassifier
+    >>> X, y, c = [[0], [1], [2], [3]], [0, 0, 0, 1], [0, 0, 1, 1]
+    >>> record = {"round": 2}
+    >>> EvaluateClients(X, y, c, every=2).on_round_end(DummyClassifier().fit(X, y), record)
+    >>> record["valid_mean"], record["valid_worst"]
+    (0.75, 0.5)
     """
 
     def __init__(self, X=None, y=None, client_ids=None, every: int = 1, name: str = "valid"):
@@ -76,6 +101,17 @@ class EarlyStopping(Callback):
     patience : int, default=5
     mode : {"max", "min"}, default="max"
     min_delta : float, default=0.0
+
+    Examples
+    --------
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> from pfedest.datasets import make_shifted_clients
+    >>> X, y, c = make_shifted_clients(n_clients=3, n_samples_per_client=20, random_state=0)
+    >>> est = PartialPersonalizedClassifier(
+    ...     n_rounds=10, hidden_layer_sizes=(8,), random_state=0,
+    ...     callbacks=[EvaluateClients(X, y, c), EarlyStopping(patience=1, mode="min")]).fit(X, y, c)
+    >>> len(est.history_) < 10
+    True
     """
 
     def __init__(self, monitor: str = "valid_mean", patience: int = 5, mode: str = "max", min_delta: float = 0.0):
@@ -119,6 +155,19 @@ class Checkpoint(Callback):
     keep : int, default=2
         How many of the newest checkpoints to keep (older ones are deleted).
     resume : bool, default=True
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> from pfedest.checkpoint import list_checkpoints
+    >>> from pfedest.datasets import make_shifted_clients
+    >>> X, y, c = make_shifted_clients(n_clients=3, n_samples_per_client=20, random_state=0)
+    >>> folder = tempfile.mkdtemp()
+    >>> est = PartialPersonalizedClassifier(n_rounds=4, hidden_layer_sizes=(8,), random_state=0,
+    ...                                     callbacks=[Checkpoint(folder, every=2)]).fit(X, y, c)
+    >>> [p.name for p in list_checkpoints(folder)]
+    ['round-000004.ckpt', 'round-000002.ckpt']
     """
 
     #: Saved after the other callbacks have added their entries to the round's record.

@@ -23,11 +23,40 @@ _NAME = re.compile(r"^round-(\d+)\.ckpt$")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: truncated, corrupted, or for another model or version."""
+    """A checkpoint file that cannot be used: truncated, corrupted, or for another model or version.
+
+    Parameters
+    ----------
+    *args
+        The message, as for :class:`ValueError`.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "round-000001.ckpt"
+    >>> _ = path.write_bytes(b"not a checkpoint")
+    >>> try:
+    ...     load_checkpoint(path)
+    ... except CheckpointError as exc:
+    ...     print("bad header" in str(exc))
+    True
+    """
 
 
 def save_checkpoint(state: dict, path) -> Path:
     """Write ``state`` (tensors, strings, numbers, nested dicts) atomically to ``path``.
+
+    Parameters
+    ----------
+    state : dict
+        Tensors, strings, numbers and nested dicts of them.
+    path : str or Path
+        The target file; its folder must exist.
+
+    Returns
+    -------
+    Path
+        ``path``.
 
     Examples
     --------
@@ -62,10 +91,27 @@ def save_checkpoint(state: dict, path) -> Path:
 def load_checkpoint(path) -> dict:
     """Read and verify a checkpoint written by :func:`save_checkpoint`.
 
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint file.
+
+    Returns
+    -------
+    dict
+        The saved state, tensors on the CPU.
+
     Raises
     ------
     CheckpointError
         If the file is not a pfedest checkpoint, is truncated, or its checksum does not match.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> path = save_checkpoint({"round": 3, "w": torch.zeros(1)}, Path(tempfile.mkdtemp()) / "a.ckpt")
+    >>> load_checkpoint(path)["round"]
+    3
     """
     data = Path(path).read_bytes()
     if not data.startswith(MAGIC):
@@ -77,12 +123,48 @@ def load_checkpoint(path) -> dict:
 
 
 def checkpoint_path(directory, round_number: int) -> Path:
-    """Where the checkpoint after ``round_number`` rounds goes."""
+    """Where the checkpoint after ``round_number`` rounds goes.
+
+    Parameters
+    ----------
+    directory : str or Path
+        The checkpoint folder.
+    round_number : int
+        Rounds completed.
+
+    Returns
+    -------
+    Path
+
+    Examples
+    --------
+    >>> checkpoint_path("ckpts", 12).name
+    'round-000012.ckpt'
+    """
     return Path(directory) / f"round-{round_number:06d}.ckpt"
 
 
 def list_checkpoints(directory) -> list[Path]:
-    """Checkpoint files in ``directory``, newest (most rounds) first."""
+    """Checkpoint files in ``directory``, newest (most rounds) first.
+
+    Parameters
+    ----------
+    directory : str or Path
+        The checkpoint folder (a missing folder has none).
+
+    Returns
+    -------
+    list of Path
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for r in (2, 10):
+    ...     _ = save_checkpoint({"round": r}, checkpoint_path(folder, r))
+    >>> [p.name for p in list_checkpoints(folder)]
+    ['round-000010.ckpt', 'round-000002.ckpt']
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -91,7 +173,29 @@ def list_checkpoints(directory) -> list[Path]:
 
 
 def latest_checkpoint(directory) -> Optional[tuple[Path, dict]]:
-    """The newest checkpoint in ``directory`` that verifies, skipping broken ones with a warning."""
+    """The newest checkpoint in ``directory`` that verifies, skipping broken ones with a warning.
+
+    Parameters
+    ----------
+    directory : str or Path
+        The checkpoint folder.
+
+    Returns
+    -------
+    (Path, dict) or None
+        The file and its state, or ``None`` if no checkpoint verifies.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> latest_checkpoint(folder) is None
+    True
+    >>> _ = save_checkpoint({"round": 4}, checkpoint_path(folder, 4))
+    >>> path, state = latest_checkpoint(folder)
+    >>> path.name, state["round"]
+    ('round-000004.ckpt', 4)
+    """
     for path in list_checkpoints(directory):
         try:
             return path, load_checkpoint(path)

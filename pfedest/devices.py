@@ -14,6 +14,20 @@ def resolve_device(device: str | torch.device) -> torch.device:
     A device that is not available here (a model trained on a GPU, loaded on a laptop) falls back
     to the CPU with a warning.
 
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"`` or a device such as ``"cpu"`` or ``"cuda:0"``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        If ``device`` is not a device name.
+
     Examples
     --------
     >>> resolve_device("cpu")
@@ -43,7 +57,27 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
-    """``obj`` with every tensor inside (dicts, lists, tuples) moved to ``device``."""
+    """``obj`` with every tensor inside (dicts, lists, tuples) moved to ``device``.
+
+    Parameters
+    ----------
+    obj : object
+        A tensor, or dicts, lists and tuples (namedtuples too) holding tensors; anything else is
+        returned as it is.
+    device : torch.device
+        Where to move the tensors.
+
+    Returns
+    -------
+    object
+        The same structure with moved tensors.
+
+    Examples
+    --------
+    >>> moved = to_device({"w": torch.zeros(2), "steps": [torch.ones(1), 3]}, torch.device("cpu"))
+    >>> moved["w"].device, moved["steps"][1]
+    (device(type='cpu'), 3)
+    """
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
     if isinstance(obj, dict):

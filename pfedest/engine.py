@@ -37,6 +37,24 @@ class RoundResult:
     """What a round produced, besides the updated state.
 
     ``finite`` is false when a client's loss was not finite; the round then changed nothing.
+
+    Parameters
+    ----------
+    loss_sum : float
+        Sum of the row losses over all local steps of the sampled clients.
+    row_count : float
+        Number of rows those losses were summed over.
+    bytes_up : int
+        Bytes of shared parameters sent to the server (0 without aggregation).
+    finite : bool, default=True
+        False when a client's loss was not finite.
+
+    Examples
+    --------
+    >>> from pfedest.engine import RoundResult
+    >>> result = RoundResult(loss_sum=6.0, row_count=4.0, bytes_up=32)
+    >>> result.loss_sum / result.row_count, result.finite
+    (1.5, True)
     """
 
     loss_sum: float
@@ -46,7 +64,34 @@ class RoundResult:
 
 
 def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params: int) -> str:
-    """Resolve ``engine="auto"``; warn when ``"vmap"`` was asked of a module it cannot batch."""
+    """Resolve ``engine="auto"``; warn when ``"vmap"`` was asked of a module it cannot batch.
+
+    Parameters
+    ----------
+    engine : {"auto", "loop", "vmap"}
+        The engine asked for.
+    module : torch.nn.Module
+        The network; batch norm or dropout rule out ``"vmap"``.
+    device : torch.device
+        Where training runs.
+    n_params : int
+        Number of parameters of the network (large models on a CPU use ``"loop"``).
+
+    Returns
+    -------
+    str
+        ``"loop"`` or ``"vmap"``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pfedest.engine import choose_engine
+    >>> cpu = torch.device("cpu")
+    >>> choose_engine("auto", torch.nn.Linear(3, 2), cpu, n_params=8)
+    'vmap'
+    >>> choose_engine("auto", torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout()), cpu, 8)
+    'loop'
+    """
     blockers = sorted({type(m).__name__ for m in module.modules() if isinstance(m, _NOT_VECTORIZABLE)})
     if engine == "vmap" and blockers:
         warnings.warn(f"engine='vmap' cannot batch clients through {blockers} in training mode; "
@@ -75,7 +120,31 @@ def _stack(dicts):
 
 class LoopEngine:
     """Clients one after another, each running :func:`~pfedest.algorithms.sgd_step` on its own
-    parameters: the reference the batched engine is tested against."""
+    parameters: the reference the batched engine is tested against.
+
+    Parameters
+    ----------
+    loss : callable
+        ``loss(shared, personal, idx, mask) -> (mean, (sum, count))``.
+    **step_options
+        ``clip``, ``personal_l2``, ``personal_anchor`` of :func:`~pfedest.algorithms.sgd_step`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> X, y = torch.ones(6, 1), torch.full((6,), 2.0)
+    >>> def loss(shared, personal, idx, mask):
+    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
+    ...     return err.sum() / mask.sum().clamp(min=1), (err.sum().detach(), mask.sum())
+    >>> from pfedest.algorithms import ALGORITHMS, StepSizes
+    >>> from pfedest.engine import LoopEngine
+    >>> batch = (torch.tensor([[[0, 1, 2]], [[3, 4, 5]]]), torch.ones(2, 1, 3))
+    >>> u, v, (sums, counts) = LoopEngine(loss).local_updates(
+    ...     ALGORITHMS["fedsim"], {"w": torch.zeros(1)}, {"b": torch.zeros(2)},
+    ...     {"joint": batch}, StepSizes(0.25, 0.25))
+    >>> u["w"].tolist(), v["b"].tolist(), counts.tolist()
+    ([[1.0], [1.0]], [1.0, 1.0], [3.0, 3.0])
+    """
 
     name = "loop"
 
@@ -105,6 +174,33 @@ class VmapEngine:
     batched at the first step that trains them. With ``compile=True`` each distinct step is
     compiled once with ``torch.compile`` (minutes of compile time on a CPU, worth it for long runs
     and on GPUs); learning rates are then passed as tensors so changing them does not recompile.
+
+    Parameters
+    ----------
+    loss : callable
+        ``loss(shared, personal, idx, mask) -> (mean, (sum, count))``.
+    shared_dims : dict of str to int
+        Number of dimensions of each unbatched shared tensor.
+    compile : bool, default=False
+        Compile each distinct step with ``torch.compile``.
+    **step_options
+        ``clip``, ``personal_l2``, ``personal_anchor`` of :func:`~pfedest.algorithms.sgd_step`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> X, y = torch.ones(6, 1), torch.full((6,), 2.0)
+    >>> def loss(shared, personal, idx, mask):
+    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
+    ...     return err.sum() / mask.sum().clamp(min=1), (err.sum().detach(), mask.sum())
+    >>> from pfedest.algorithms import ALGORITHMS, StepSizes
+    >>> from pfedest.engine import VmapEngine
+    >>> batch = (torch.tensor([[[0, 1, 2]], [[3, 4, 5]]]), torch.ones(2, 1, 3))
+    >>> u, v, (sums, counts) = VmapEngine(loss, {"w": 1}).local_updates(
+    ...     ALGORITHMS["fedsim"], {"w": torch.zeros(1)}, {"b": torch.zeros(2)},
+    ...     {"joint": batch}, StepSizes(0.25, 0.25))
+    >>> u["w"].tolist(), v["b"].tolist(), counts.tolist()
+    ([[1.0], [1.0]], [1.0, 1.0], [3.0, 3.0])
     """
 
     name = "vmap"
@@ -158,6 +254,30 @@ def make_engine(name: str, loss, shared: Params, compile: bool = False, **step_o
 
     ``step_options`` (``clip``, ``personal_l2``, ``personal_anchor``) go to every
     :func:`~pfedest.algorithms.sgd_step`.
+
+    Parameters
+    ----------
+    name : {"loop", "vmap"}
+        The engine.
+    loss : callable
+        ``loss(shared, personal, idx, mask) -> (mean, (sum, count))``.
+    shared : dict of str to Tensor
+        The shared parameters (their layout; values are not kept).
+    compile : bool, default=False
+        Compile the batched steps (``"vmap"`` only).
+    **step_options
+        Passed to every :func:`~pfedest.algorithms.sgd_step`.
+
+    Returns
+    -------
+    LoopEngine or VmapEngine
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pfedest.engine import make_engine
+    >>> make_engine("vmap", loss=None, shared={"w": torch.zeros(2, 3)}).name
+    'vmap'
     """
     if name == "loop":
         return LoopEngine(loss, **step_options)
@@ -179,6 +299,66 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
     The server applies ``server_optimizer`` to the averaged shared parameters (default: SGD with
     ``server_lr``, plain averaging at 1.0). If a client's loss is not finite, the round is undone
     and ``finite`` is false.
+
+    Parameters
+    ----------
+    algorithm : Algorithm
+        The local update and its streams (:data:`~pfedest.algorithms.ALGORITHMS`).
+    engine : LoopEngine or VmapEngine
+        Runs the local updates.
+    shared : dict of str to Tensor
+        The server's shared parameters ``u``.
+    personal_state : dict of str to Tensor
+        Personal parameters stacked over all clients; updated in place.
+    counts, offsets : ndarray of int
+        Rows per client and each client's first row in the data.
+    sampled : ndarray of int
+        The clients of this round.
+    rng : numpy.random.Generator
+        Draws the minibatches.
+    batch_size : int
+        Rows per minibatch.
+    steps : dict of str to int or None
+        Step count of each stream (``None``: one epoch).
+    lr : StepSizes
+        Client learning rates.
+    server_lr : float
+        Server learning rate (1.0: plain averaging).
+    chunk_size : int or None
+        Clients per engine call (``None``: all at once).
+    device : torch.device
+        Where the tensors live.
+    aggregate : bool, default=True
+        Average the shared parameters; ``False`` leaves them unchanged.
+    server_optimizer : ServerOptimizer, optional
+        Applied to the averaged shared parameters.
+
+    Returns
+    -------
+    new_shared : dict of str to Tensor
+        The shared parameters after the round.
+    result : RoundResult
+        Loss totals, bytes sent and whether the round was finite.
+
+    Examples
+    --------
+    >>> import torch
+    >>> X, y = torch.ones(6, 1), torch.full((6,), 2.0)
+    >>> def loss(shared, personal, idx, mask):
+    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
+    ...     return err.sum() / mask.sum().clamp(min=1), (err.sum().detach(), mask.sum())
+    >>> import numpy as np
+    >>> from pfedest.algorithms import ALGORITHMS, StepSizes
+    >>> from pfedest.engine import make_engine, run_round
+    >>> shared, personal = {"w": torch.zeros(1)}, {"b": torch.zeros(2)}
+    >>> new_shared, result = run_round(
+    ...     algorithm=ALGORITHMS["fedalt"], engine=make_engine("loop", loss, shared),
+    ...     shared=shared, personal_state=personal, counts=np.array([3, 3]),
+    ...     offsets=np.array([0, 3]), sampled=np.array([0, 1]), rng=np.random.default_rng(0),
+    ...     batch_size=3, steps={"personal": 1, "shared": 1}, lr=StepSizes(0.25, 0.25),
+    ...     server_lr=1.0, chunk_size=None, device=torch.device("cpu"))
+    >>> personal["b"].tolist(), new_shared["w"].tolist(), result.row_count
+    ([1.0, 1.0], [0.5], 12.0)
     """
     streams_np = {name: minibatch_stream(rng, counts[sampled], batch_size, steps[name])
                   for name in algorithm.streams}
@@ -219,7 +399,25 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
 
 
 def free_memory_bytes(device: torch.device) -> int:
-    """Memory free for new tensors on ``device`` (Linux and CUDA report it; elsewhere 4 GiB is assumed)."""
+    """Memory free for new tensors on ``device`` (Linux and CUDA report it; elsewhere 4 GiB is assumed).
+
+    Parameters
+    ----------
+    device : torch.device
+        A CPU or CUDA device.
+
+    Returns
+    -------
+    int
+        Free bytes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pfedest.engine import free_memory_bytes
+    >>> free_memory_bytes(torch.device("cpu")) > 0
+    True
+    """
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     try:
@@ -232,7 +430,29 @@ def free_memory_bytes(device: torch.device) -> int:
 
 def bytes_per_client(module: nn.Module, example_row: torch.Tensor, batch_size: int) -> int:
     """What one client costs in a batched round: its copies of the parameters (shared and personal,
-    with their gradients and the SGD update) and the activations of a minibatch, forward and backward."""
+    with their gradients and the SGD update) and the activations of a minibatch, forward and backward.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network.
+    example_row : Tensor of shape (1, n_features)
+        One input row, run forward once to count activations.
+    batch_size : int
+        Rows per minibatch.
+
+    Returns
+    -------
+    int
+        Estimated bytes (float32).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pfedest.engine import bytes_per_client
+    >>> bytes_per_client(torch.nn.Linear(3, 2), torch.zeros(1, 3), batch_size=4)  # 4 * (4*8 + 3*4*2)
+    224
+    """
     n_params = sum(p.numel() for p in module.parameters())
     activations = 0
 
@@ -258,7 +478,31 @@ CPU_CHUNK_BYTES = 256 * 2**20
 
 
 def auto_chunk_size(device: torch.device, per_client: int, share: float = 0.5) -> int:
-    """Clients per batched chunk: at most ``share`` of the free memory (and 256 MiB on a CPU)."""
+    """Clients per batched chunk: at most ``share`` of the free memory (and 256 MiB on a CPU).
+
+    Parameters
+    ----------
+    device : torch.device
+        Where training runs.
+    per_client : int
+        Bytes one client costs (:func:`bytes_per_client`).
+    share : float, default=0.5
+        Fraction of the free memory to use.
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pfedest.engine import auto_chunk_size
+    >>> auto_chunk_size(torch.device("cpu"), per_client=2**30)
+    1
+    >>> auto_chunk_size(torch.device("cpu"), per_client=2**20) <= 256
+    True
+    """
     budget = int(share * free_memory_bytes(device))
     if device.type == "cpu":
         budget = min(budget, CPU_CHUNK_BYTES)

@@ -225,6 +225,19 @@ def node_rng(seed: int, server_round: int, partition_id: int) -> np.random.Gener
     Derived from the three numbers alone, so a node needs no state to draw them and an in-process
     replay (:func:`pfedest.engine.run_round` with the same generator) sees the same minibatches.
 
+    Parameters
+    ----------
+    seed : int
+        The run's ``seed`` (run config).
+    server_round : int
+        The round, from 1.
+    partition_id : int
+        The node's ``partition-id`` (node config).
+
+    Returns
+    -------
+    numpy.random.Generator
+
     Examples
     --------
     >>> a = node_rng(0, 1, 2).random(3)
@@ -421,7 +434,38 @@ def _fit_template(cls, plain: Mapping, objects: Mapping, classes: np.ndarray, in
 
 @dataclass
 class ModelSpec:
-    """The contents of a ``model.json`` (see :func:`write_model`)."""
+    """The contents of a ``model.json`` (see :func:`write_model`).
+
+    Parameters
+    ----------
+    app_id : str
+        Identifies the model (names the nodes' state files).
+    estimator_class : str
+        Import path of the estimator class.
+    estimator : dict
+        The estimator's JSON-able parameters.
+    objects : dict
+        Its other parameters (modules, splits), encoded.
+    classes : ndarray
+        The labels.
+    input_shape : tuple of int
+        The shape of one row.
+    shared, personal : dict of str to Tensor
+        The starting shared and personal parameters.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> est = PartialPersonalizedClassifier(hidden_layer_sizes=(4,), batch_size=5, random_state=0)
+    >>> spec = read_model(write_model(est, Path(tempfile.mkdtemp()) / "model.json",
+    ...                               classes=[0, 1], n_features=3))
+    >>> spec.classes.tolist(), spec.input_shape
+    ([0, 1], (3,))
+    >>> spec.estimator_params()["hidden_layer_sizes"]
+    (4,)
+    """
 
     app_id: str
     estimator_class: str
@@ -455,7 +499,35 @@ def _template_cached(app_id: str, key: str):
 
 
 def read_model(path) -> ModelSpec:
-    """Read a ``model.json`` written by :func:`write_model`."""
+    """Read a ``model.json`` written by :func:`write_model`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``model.json`` file.
+
+    Returns
+    -------
+    ModelSpec
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no file at ``path``.
+    ValueError
+        If the file is not a pfedest Flower model.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> est = PartialPersonalizedClassifier(hidden_layer_sizes=(4,), batch_size=5, random_state=0)
+    >>> spec = read_model(write_model(est, Path(tempfile.mkdtemp()) / "model.json",
+    ...                               classes=[0, 1], n_features=3))
+    >>> sorted(spec.personal)
+    ['net.2.bias', 'net.2.weight']
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No Flower model file at {path}; write one with pfedest.flower.write_model "
@@ -505,6 +577,22 @@ def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal
         The shared parameters to send back and the node's new personal ones.
     result : RoundResult
         Loss sum and row count over the local steps.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> est = PartialPersonalizedClassifier(hidden_layer_sizes=(4,), batch_size=5, random_state=0)
+    >>> spec = read_model(write_model(est, Path(tempfile.mkdtemp()) / "model.json",
+    ...                               classes=[0, 1], n_features=3))
+    >>> import numpy as np
+    >>> X, y = np.random.default_rng(0).normal(size=(10, 3)), np.array([0, 1] * 5)
+    >>> settings = RunSettings.from_config(run_config_for(est, personal_steps=1, shared_steps=1))
+    >>> shared, personal, result = local_round(spec.template(), X, y, spec.shared, spec.personal,
+    ...                                        settings, server_round=1, partition_id=0)
+    >>> sorted(shared), result.row_count  # one personal and one shared step of 5 rows
+    (['net.0.bias', 'net.0.weight'], 10.0)
     """
     codes = _encode_labels(template, y)
     X_t = torch.as_tensor(np.array(X, dtype=np.float32))
@@ -537,7 +625,36 @@ def _encode_labels(template, y) -> np.ndarray:
 
 
 def personal_metrics(template, X: np.ndarray, y: np.ndarray, shared: Params, personal: Params) -> dict:
-    """Accuracy and mean cross-entropy of the personal model ``(shared, personal)`` on ``(X, y)``."""
+    """Accuracy and mean cross-entropy of the personal model ``(shared, personal)`` on ``(X, y)``.
+
+    Parameters
+    ----------
+    template : PartialPersonalizedClassifier
+        A fitted estimator with the network (:meth:`ModelSpec.template`).
+    X, y : ndarray
+        Rows and labels (labels among ``template.classes_``).
+    shared, personal : dict of str to Tensor
+        The shared parameters and one node's personal ones.
+
+    Returns
+    -------
+    dict
+        ``accuracy`` and ``loss``, as floats.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> est = PartialPersonalizedClassifier(hidden_layer_sizes=(4,), batch_size=5, random_state=0)
+    >>> spec = read_model(write_model(est, Path(tempfile.mkdtemp()) / "model.json",
+    ...                               classes=[0, 1], n_features=3))
+    >>> import numpy as np
+    >>> X, y = np.random.default_rng(0).normal(size=(10, 3)), np.array([0, 1] * 5)
+    >>> metrics = personal_metrics(spec.template(), X, y, spec.shared, spec.personal)
+    >>> sorted(metrics), 0.0 <= metrics["accuracy"] <= 1.0
+    (['accuracy', 'loss'], True)
+    """
     codes = torch.as_tensor(_encode_labels(template, y))
     X_t = torch.as_tensor(np.array(X, dtype=np.float32))
     module = template.module_
@@ -579,6 +696,31 @@ class NodeStore:
     update, so a node that is restarted (a new SuperNode process, an empty ``context.state``)
     resumes with them. Every update also appends a line to ``pfedest-<app id>.log.jsonl``: the round,
     where the parameters came from, and digests of them before and after.
+
+    Parameters
+    ----------
+    state_dir : str or Path
+        The node's ``state-dir``; created if missing.
+    app_id : str
+        The model's ``app_id`` (:class:`ModelSpec`).
+    partition_id : int
+        The node's ``partition-id``.
+
+    Examples
+    --------
+    A node with an empty ``context.state`` and no file starts from the model's personal part:
+
+    >>> from types import SimpleNamespace
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> est = PartialPersonalizedClassifier(hidden_layer_sizes=(4,), batch_size=5, random_state=0)
+    >>> spec = read_model(write_model(est, Path(tempfile.mkdtemp()) / "model.json",
+    ...                               classes=[0, 1], n_features=3))
+    >>> store = NodeStore(Path(tempfile.mkdtemp()), spec.app_id, partition_id=0)
+    >>> personal, source = store.load(SimpleNamespace(state={}), spec.personal)
+    >>> source, store.file.name == f"pfedest-{spec.app_id}.npz"
+    ('init', True)
     """
 
     def __init__(self, state_dir, app_id: str, partition_id: int):
@@ -669,7 +811,25 @@ def _to_record(params: Params):
 
 
 def train_handler(msg, context, app_dir):
-    """The ClientApp's train handler: a local update; reply with the shared parameters only."""
+    """The ClientApp's train handler: a local update; reply with the shared parameters only.
+
+    Needs ``flwr`` and a SuperNode's message and context, so it has no standalone example; it
+    runs :func:`local_round` (which has one).
+
+    Parameters
+    ----------
+    msg : flwr.app.Message
+        The server's train message (shared parameters and the round).
+    context : flwr.app.Context
+        The node's context (node config ``partition-id``, ``data-path``, ``state-dir``).
+    app_dir : str or Path
+        The folder holding ``model.json``.
+
+    Returns
+    -------
+    flwr.app.Message
+        The reply: the shared parameters and the training metrics.
+    """
     from flwr.app import Message, MetricRecord, RecordDict
 
     spec = read_model(Path(app_dir) / MODEL_FILE)
@@ -695,7 +855,25 @@ def train_handler(msg, context, app_dir):
 
 def evaluate_handler(msg, context, app_dir):
     """The ClientApp's evaluate handler: the node's personal accuracy on its own rows (or on the
-    rows of node config ``eval-path``)."""
+    rows of node config ``eval-path``).
+
+    Needs ``flwr`` and a SuperNode's message and context, so it has no standalone example; it
+    runs :func:`personal_metrics` (which has one).
+
+    Parameters
+    ----------
+    msg : flwr.app.Message
+        The server's evaluate message (the shared parameters).
+    context : flwr.app.Context
+        The node's context.
+    app_dir : str or Path
+        The folder holding ``model.json``.
+
+    Returns
+    -------
+    flwr.app.Message
+        The reply: ``accuracy``, ``loss`` and ``num-examples``.
+    """
     from flwr.app import Message, MetricRecord, RecordDict
 
     spec = read_model(Path(app_dir) / MODEL_FILE)
@@ -717,7 +895,33 @@ def client_app(app_dir, mods: Optional[Sequence] = None):
     """The Flower ``ClientApp`` of the app in ``app_dir`` (the folder holding ``model.json``).
 
     ``mods`` are Flower client mods (``mod(msg, context, call_next) -> Message``) wrapped around
-    the handlers.
+    the handlers. Needs ``flwr``; :func:`export_app` writes an app that calls it.
+
+    Parameters
+    ----------
+    app_dir : str or Path
+        The folder holding ``model.json``.
+    mods : sequence of callable, optional
+        Flower client mods.
+
+    Returns
+    -------
+    flwr.clientapp.ClientApp
+
+    Examples
+    --------
+    Building the app needs ``flwr`` (``pip install "pfedest[flower]"``) but no federation:
+
+    >>> import pytest
+    >>> flwr = pytest.importorskip("flwr")
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> app_dir = Path(tempfile.mkdtemp())
+    >>> _ = write_model(PartialPersonalizedClassifier(hidden_layer_sizes=(4,)), app_dir / "model.json",
+    ...                 classes=[0, 1], n_features=3)
+    >>> type(client_app(app_dir)).__name__
+    'ClientApp'
     """
     from flwr.clientapp import ClientApp
 
@@ -971,6 +1175,21 @@ def server_main(grid, context, app_dir) -> Path:
 
     Writes ``shared.npz`` (the shared parameters, after every round), ``rounds.json`` (the
     settings and the record of every round) and a copy of ``model.json``. Returns the folder.
+    Needs ``flwr`` and a running federation, so it has no standalone example.
+
+    Parameters
+    ----------
+    grid : flwr.serverapp.Grid
+        The federation's grid.
+    context : flwr.app.Context
+        The ServerApp's context (the run config).
+    app_dir : str or Path
+        The folder holding ``model.json``.
+
+    Returns
+    -------
+    Path
+        The ``result-dir``; read it with :func:`load_result`.
     """
     from flwr.app import ArrayRecord  # noqa: F401  (fail early and clearly without Flower)
 
@@ -1006,7 +1225,34 @@ def server_main(grid, context, app_dir) -> Path:
 
 
 def server_app(app_dir):
-    """The Flower ``ServerApp`` of the app in ``app_dir`` (the folder holding ``model.json``)."""
+    """The Flower ``ServerApp`` of the app in ``app_dir`` (the folder holding ``model.json``).
+
+    Needs ``flwr``; :func:`export_app` writes an app that calls it.
+
+    Parameters
+    ----------
+    app_dir : str or Path
+        The folder holding ``model.json``.
+
+    Returns
+    -------
+    flwr.serverapp.ServerApp
+
+    Examples
+    --------
+    Building the app needs ``flwr`` (``pip install "pfedest[flower]"``) but no federation:
+
+    >>> import pytest
+    >>> flwr = pytest.importorskip("flwr")
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> app_dir = Path(tempfile.mkdtemp())
+    >>> _ = write_model(PartialPersonalizedClassifier(hidden_layer_sizes=(4,)), app_dir / "model.json",
+    ...                 classes=[0, 1], n_features=3)
+    >>> type(server_app(app_dir)).__name__
+    'ServerApp'
+    """
     from flwr.serverapp import ServerApp
 
     app = ServerApp()
@@ -1084,6 +1330,18 @@ def _toml_value(value) -> str:
 def run_config_for(estimator, **overrides) -> dict:
     """The run config (``[tool.flwr.app.config]``) that trains like ``estimator``'s settings.
 
+    Parameters
+    ----------
+    estimator : PartialPersonalizedClassifier
+        Its training settings (rounds, algorithm, learning rates, steps, ...) are read.
+    **overrides
+        Run-config values to set instead (``-`` or ``_`` in the keys).
+
+    Returns
+    -------
+    dict
+        Run-config key to value; checked by :meth:`RunSettings.from_config`.
+
     Examples
     --------
     >>> from pfedest import PartialPersonalizedClassifier
@@ -1139,6 +1397,18 @@ def export_app(estimator, directory, *, classes=None, n_features=None, name: str
     Returns
     -------
     directory : Path
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> app = export_app(PartialPersonalizedClassifier(hidden_layer_sizes=(4,)),
+    ...                  Path(tempfile.mkdtemp()) / "app", classes=[0, 1], n_features=3, num_rounds=3)
+    >>> sorted(p.name for p in (app / "pfedest_app").iterdir())
+    ['__init__.py', 'client_app.py', 'model.json', 'server_app.py']
+    >>> "num-rounds = 3" in (app / "pyproject.toml").read_text()
+    True
     """
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
         raise ValueError(f"name={name!r}: use letters, digits, '-' and '_', starting with a letter.")
@@ -1179,6 +1449,23 @@ def load_result(result_dir, state_dirs: Iterable = ()):
     The estimator is made by fitting the stored configuration for one round on one row per class
     (so that every fitted attribute exists and is consistent, through the public ``fit``), then
     its ``shared_params_``, ``personal_params_`` and ``clients_`` are replaced by the run's.
+
+    Examples
+    --------
+    A stand-in result folder of a FedAvg run (``split="none"``: no personal part, so no node
+    state is needed), holding what the ServerApp writes:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> result_dir = Path(tempfile.mkdtemp())
+    >>> est = PartialPersonalizedClassifier(split="none", hidden_layer_sizes=(4,), random_state=0)
+    >>> spec = read_model(write_model(est, result_dir / "model.json", classes=[0, 1], n_features=3))
+    >>> np.savez(result_dir / "shared.npz", **{k: v.numpy() for k, v in spec.shared.items()})
+    >>> loaded = load_result(result_dir)
+    >>> loaded.classes_.tolist(), loaded.clients_.tolist()
+    ([0, 1], [])
     """
     from .history import History
 

@@ -6,6 +6,11 @@ from __future__ import annotations
 class History(list):
     """A list of per-round records (dicts) with column access.
 
+    Parameters
+    ----------
+    iterable : iterable of dict, optional
+        The records, as for :class:`list`.
+
     Examples
     --------
     >>> h = History([{"round": 1, "train_loss": 0.9}, {"round": 2, "train_loss": 0.7}])

@@ -18,6 +18,32 @@ def make_loss(module: nn.Module, buffers: Params, X: torch.Tensor, y: torch.Tens
     Returns ``loss(shared, personal, idx, mask) -> (mean, (sum, count))``, the form the local
     updates in :mod:`pfedest.algorithms` take. ``X`` and ``y`` are all clients' rows; the loss
     reads only the rows it is given indices of.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network; its parameters are replaced by the dicts the loss is called with.
+    buffers : dict of str to Tensor
+        The module's buffers.
+    X : Tensor of shape (n_rows, ...)
+        All clients' rows.
+    y : Tensor of int64, shape (n_rows,)
+        Class indices.
+
+    Returns
+    -------
+    callable
+        ``loss(shared, personal, idx, mask) -> (mean, (sum, count))``.
+
+    Examples
+    --------
+    >>> net = torch.nn.Linear(3, 2)
+    >>> loss = make_loss(net, {}, torch.zeros(4, 3), torch.tensor([0, 1, 0, 1]))
+    >>> shared = {"weight": torch.zeros(2, 3)}
+    >>> personal = {"bias": torch.zeros(2)}
+    >>> mean, (total, count) = loss(shared, personal, torch.arange(4), torch.tensor([1., 1., 1., 0.]))
+    >>> round(mean.item(), 4), count.item()  # log(2) on each of the 3 real rows
+    (0.6931, 3.0)
     """
 
     def loss(shared: Params, personal: Params, idx: torch.Tensor, mask: torch.Tensor):
@@ -36,13 +62,34 @@ def personalized_logits(module: nn.Module, buffers: Params, shared: Params, pers
 
     Parameters
     ----------
+    module : torch.nn.Module
+        The network.
+    buffers : dict of str to Tensor
+        Its buffers.
+    shared : dict of str to Tensor
+        The shared parameters.
     personal : dict of str to Tensor
         Personal parameters stacked on a leading axis.
+    X : Tensor of shape (n_rows, ...)
+        The rows.
     rows_personal : Tensor of int64, shape (n_rows,)
         For each row, the index into that axis.
     max_elements : int
         Rows are processed in chunks whose gathered personal parameters hold at most this many
         numbers (at least one row per chunk).
+
+    Returns
+    -------
+    Tensor of shape (n_rows, n_classes)
+
+    Examples
+    --------
+    >>> net = torch.nn.Linear(3, 2)
+    >>> shared = {"weight": torch.zeros(2, 3)}
+    >>> personal = {"bias": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}  # two clients
+    >>> personalized_logits(net, {}, shared, personal, torch.zeros(2, 3), torch.tensor([1, 0]))
+    tensor([[0., 1.],
+            [1., 0.]])
     """
     if not personal:
         return functional_call(module, (shared, buffers), (X,))

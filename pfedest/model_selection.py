@@ -237,6 +237,20 @@ def personal_fractions(search, X, y) -> np.ndarray:
     -------
     ndarray of shape (n_candidates,)
         In the order of ``search.cv_results_["params"]``; for ``plot_grid_search(..., x=...)``.
+
+    Examples
+    --------
+    Only ``estimator`` and ``cv_results_["params"]`` of the search are read, so a stand-in works:
+
+    >>> from types import SimpleNamespace
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> from pfedest.datasets import make_shifted_clients
+    >>> X, y, c = make_shifted_clients(n_clients=3, n_samples_per_client=20, random_state=0)
+    >>> search = SimpleNamespace(
+    ...     estimator=PartialPersonalizedClassifier(hidden_layer_sizes=(8,), random_state=0),
+    ...     cv_results_={"params": [{"split": "head"}, {"split": "full"}, {"split": "none"}]})
+    >>> personal_fractions(search, X, y).round(3)
+    array([0.211, 1.   , 0.   ])
     """
     from sklearn.base import clone
 

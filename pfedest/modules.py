@@ -20,6 +20,12 @@ class MLP(nn.Module):
         Number of outputs (logits).
     hidden_layer_sizes : sequence of int, default=(64, 64)
         Widths of the hidden layers.
+
+    Examples
+    --------
+    >>> net = MLP(4, 3, (8,))
+    >>> net(torch.zeros(5, 4)).shape, [n for n, _ in net.named_parameters()]
+    (torch.Size([5, 3]), ['net.0.weight', 'net.0.bias', 'net.2.weight', 'net.2.bias'])
     """
 
     def __init__(self, n_features: int, n_classes: int, hidden_layer_sizes: Sequence[int] = (64, 64)):
@@ -48,6 +54,11 @@ class SmallCNN(nn.Module):
         Output channels of the two 3x3 convolutions.
     hidden : int, default=64
         Width of the hidden linear layer.
+
+    Examples
+    --------
+    >>> SmallCNN(1, 10, channels=(4, 8), hidden=16)(torch.zeros(2, 1, 8, 8)).shape
+    torch.Size([2, 10])
     """
 
     def __init__(self, in_channels: int, n_classes: int, channels: Sequence[int] = (16, 32), hidden: int = 64):
@@ -67,6 +78,27 @@ def default_module(input_shape: tuple[int, ...], n_classes: int, hidden_layer_si
     """The network pfedest builds when ``module=None``: an MLP for flat rows, a small CNN for images.
 
     ``input_shape`` is the shape of one row: ``(n_features,)``, ``(H, W)`` or ``(C, H, W)``.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        The shape of one row.
+    n_classes : int
+        Number of outputs (logits).
+    hidden_layer_sizes : sequence of int
+        Hidden widths of the MLP (unused for images).
+
+    Returns
+    -------
+    torch.nn.Module
+        An :class:`MLP` or a :class:`SmallCNN` (with a channel axis added for ``(H, W)`` rows).
+
+    Examples
+    --------
+    >>> type(default_module((20,), 5, (8,))).__name__
+    'MLP'
+    >>> default_module((8, 8), 5, (8,))(torch.zeros(2, 8, 8)).shape
+    torch.Size([2, 5])
     """
     if len(input_shape) == 3:
         return SmallCNN(input_shape[0], n_classes)
@@ -94,6 +126,12 @@ class Adapter(nn.Module):
         Bottleneck width.
     conv : bool, default=False
         Use 1x1 convolutions, for ``(N, C, H, W)`` activations.
+
+    Examples
+    --------
+    >>> x = torch.randn(2, 6)
+    >>> bool(torch.equal(Adapter(6, 2)(x), x))  # the identity before training
+    True
     """
 
     def __init__(self, dim: int, width: int, conv: bool = False):
@@ -109,7 +147,22 @@ class Adapter(nn.Module):
 
 
 class AdaptedLayer(nn.Module):
-    """A layer followed by its adapter; replaces the layer in place so ``forward`` code is unchanged."""
+    """A layer followed by its adapter; replaces the layer in place so ``forward`` code is unchanged.
+
+    Parameters
+    ----------
+    layer : torch.nn.Module
+        The wrapped layer.
+    adapter : Adapter
+        Applied to the layer's output.
+
+    Examples
+    --------
+    >>> layer = torch.nn.Linear(3, 4)
+    >>> x = torch.randn(2, 3)
+    >>> bool(torch.equal(AdaptedLayer(layer, Adapter(4, 2))(x), layer(x)))
+    True
+    """
 
     def __init__(self, layer: nn.Module, adapter: Adapter):
         super().__init__()
@@ -124,6 +177,21 @@ def adaptable_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """The ``Linear`` and ``Conv2d`` layers that get an adapter: all but the last layer with parameters.
 
     The output layer gets none: an adapter there would be a second, personal output layer.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network.
+
+    Returns
+    -------
+    list of (str, torch.nn.Module)
+        Names and layers, in ``named_modules`` order.
+
+    Examples
+    --------
+    >>> [name for name, _ in adaptable_layers(MLP(4, 3, (8, 8)))]
+    ['net.0', 'net.2']
     """
     with_params = [(n, m) for n, m in module.named_modules() if any(True for _ in m.parameters(recurse=False))]
     candidates = with_params[:-1]
@@ -131,7 +199,24 @@ def adaptable_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def adapter_parameter_count(module: nn.Module, width: int) -> int:
-    """Number of parameters the adapters of ``insert_adapters(module, width)`` would add."""
+    """Number of parameters the adapters of ``insert_adapters(module, width)`` would add.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network.
+    width : int
+        Bottleneck width.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> adapter_parameter_count(MLP(4, 3, (8,)), 2)  # 8 -> 2 -> 8: 2*8*2 + 2 + 8
+    42
+    """
     total = 0
     for _, layer in adaptable_layers(module):
         dim = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
@@ -153,6 +238,13 @@ def insert_adapters(module: nn.Module, width: int) -> nn.Module:
     -------
     torch.nn.Module
         The copy, whose adapter parameters have ``.adapter.`` in their names.
+
+    Examples
+    --------
+    >>> net = MLP(4, 3, (8,))
+    >>> adapted = insert_adapters(net, 2)
+    >>> sum(p.numel() for p in adapted.parameters()) - sum(p.numel() for p in net.parameters())
+    42
     """
     module = copy.deepcopy(module)
     targets = adaptable_layers(module)

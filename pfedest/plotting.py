@@ -40,6 +40,16 @@ def _column(results, key, n):
 def split_name(split) -> str:
     """A short display name for a ``split=`` value: ``"head"``, ``"adapters"``, a class name, ...
 
+    Parameters
+    ----------
+    split : str or Split
+        A ``split=`` value of the estimator.
+
+    Returns
+    -------
+    str
+        The name itself for a string; a short name for a known split class, else the class name.
+
     Examples
     --------
     >>> from pfedest import AdapterSplit
@@ -86,6 +96,22 @@ def plot_grid_search(search, *, param: str = "split__fraction", group: str = "sp
     Returns
     -------
     matplotlib.axes.Axes
+
+    Examples
+    --------
+    A ``cv_results_``-like dict stands in for a fitted search:
+
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> results = {
+    ...     "params": [{"split": "head", "split__fraction": 0.1},
+    ...                {"split": "head", "split__fraction": 0.5}, {"split": "none"}],
+    ...     "param_split": ["head", "head", "none"], "param_split__fraction": [0.1, 0.5, None],
+    ...     "mean_test_score": [0.6, 0.7, 0.5], "std_test_score": [0.02, 0.03, 0.01],
+    ...     "rank_test_score": [2, 1, 3]}
+    >>> ax = plot_grid_search(results)
+    >>> ax.get_xlabel()
+    'split__fraction (requested share of personal parameters)'
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -182,6 +208,20 @@ def plot_client_change(report, *, ax=None, title: str | None = None, label: str 
     Returns
     -------
     matplotlib.axes.Axes
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from sklearn.dummy import DummyClassifier
+    >>> from sklearn.tree import DecisionTreeClassifier
+    >>> from pfedest.report import client_report
+    >>> X, y, c = [[0], [1], [2], [3], [4], [5]], [0, 0, 1, 1, 0, 1], [0, 0, 1, 1, 2, 2]
+    >>> report = client_report(DecisionTreeClassifier(random_state=0).fit(X, y), X, y, c,
+    ...                        baseline=DummyClassifier().fit(X, y), as_frame=False)
+    >>> ax = plot_client_change(report)
+    >>> len(ax.patches)  # one bar per client
+    3
     """
     from matplotlib.ticker import FuncFormatter
 
@@ -222,6 +262,20 @@ def plot_client_scatter(report, *, ax=None, title: str | None = None, label: str
     Returns
     -------
     matplotlib.axes.Axes
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> from sklearn.dummy import DummyClassifier
+    >>> from sklearn.tree import DecisionTreeClassifier
+    >>> from pfedest.report import client_report
+    >>> X, y, c = [[0], [1], [2], [3], [4], [5]], [0, 0, 1, 1, 0, 1], [0, 0, 1, 1, 2, 2]
+    >>> report = client_report(DecisionTreeClassifier(random_state=0).fit(X, y), X, y, c,
+    ...                        baseline=DummyClassifier().fit(X, y), as_frame=False)
+    >>> ax = plot_client_scatter(report, label="tree", baseline_label="majority")
+    >>> ax.get_xlabel(), ax.get_ylabel()
+    ('majority accuracy', 'tree accuracy')
     """
     from matplotlib.ticker import PercentFormatter
 

@@ -23,6 +23,14 @@ def client_accuracies(estimator, X, y, client_ids):
     counts : ndarray of shape (n_clients,)
         Rows per client.
     accuracy : ndarray of shape (n_clients,)
+
+    Examples
+    --------
+    >>> from sklearn.dummy import DummyClassifier
+    >>> X, y, c = [[0], [1], [2], [3]], [0, 0, 0, 1], ["a", "a", "b", "b"]
+    >>> clients, counts, accuracy = client_accuracies(DummyClassifier().fit(X, y), X, y, c)
+    >>> clients.tolist(), counts.tolist(), accuracy.tolist()
+    (['a', 'b'], [2, 2], [1.0, 0.5])
     """
     y = np.asarray(y)
     client_ids = np.asarray(client_ids)
@@ -34,6 +42,18 @@ def client_accuracies(estimator, X, y, client_ids):
 
 def summarize(counts, accuracy) -> dict:
     """Mean, sample-weighted mean and worst client of per-client accuracies.
+
+    Parameters
+    ----------
+    counts : array-like of shape (n_clients,)
+        Rows per client (the weights).
+    accuracy : array-like of shape (n_clients,)
+        Accuracy of each client.
+
+    Returns
+    -------
+    dict
+        ``mean``, ``weighted_mean`` and ``worst``, as floats.
 
     Examples
     --------
@@ -84,6 +104,18 @@ class ClientReport:
 
     Made by :func:`client_report`; not meant to be built by hand.
 
+    Parameters
+    ----------
+    clients : pandas.DataFrame or dict of str to ndarray
+        The per-client table (see Attributes).
+    summary : pandas.DataFrame or dict of str to dict
+        The summaries (see Attributes).
+    n_clients : int
+        Number of clients evaluated.
+    hurt : dict
+        ``n_hurt``, ``fraction_hurt``, ``mean_change_hurt``, ``fraction_improved`` and
+        ``worst_client``; empty without a baseline.
+
     Attributes
     ----------
     clients : pandas.DataFrame or dict of str to ndarray
@@ -107,6 +139,16 @@ class ClientReport:
         Share of clients whose accuracy is higher than the baseline's.
     worst_client : object or None
         The client with the largest drop (the most negative change).
+
+    Examples
+    --------
+    >>> from sklearn.dummy import DummyClassifier
+    >>> from sklearn.tree import DecisionTreeClassifier
+    >>> X, y, c = [[0], [1], [2], [3]], [0, 0, 1, 1], [0, 0, 1, 1]
+    >>> report = client_report(DecisionTreeClassifier(random_state=0).fit(X, y), X, y, c,
+    ...                        baseline=DummyClassifier().fit(X, y), as_frame=False)
+    >>> report.has_baseline, report.n_hurt, report.fraction_improved
+    (True, 0, 0.5)
     """
 
     def __init__(self, clients, summary, n_clients, hurt):

@@ -16,6 +16,29 @@ def sample_clients(rng: np.random.Generator, eligible: np.ndarray, n_sampled: in
     """``n_sampled`` distinct clients of ``eligible`` drawn uniformly without replacement, sorted.
 
     All of them when ``n_sampled >= len(eligible)`` (full participation draws nothing).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The run's generator.
+    eligible : array-like of int
+        The clients that may take part.
+    n_sampled : int
+        How many to draw.
+
+    Returns
+    -------
+    ndarray
+        The sampled clients, sorted.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> picked = sample_clients(rng, np.arange(10), 3)
+    >>> len(set(picked.tolist())), bool((np.diff(picked) > 0).all())
+    (3, True)
+    >>> sample_clients(rng, [4, 2, 7], 5).tolist()
+    [2, 4, 7]
     """
     eligible = np.asarray(eligible)
     if n_sampled >= len(eligible):
@@ -53,6 +76,16 @@ def minibatch_stream(rng: np.random.Generator, counts: np.ndarray, batch_size: i
     idx : ndarray of int64, shape (n_clients, max_steps, batch_size)
     mask : ndarray of float32, same shape
         1 for real rows, 0 for padding (masked rows point at row 0).
+
+    Examples
+    --------
+    One epoch of two clients with 3 and 5 rows, in minibatches of 2:
+
+    >>> idx, mask = minibatch_stream(np.random.default_rng(0), np.array([3, 5]), 2, None)
+    >>> idx.shape, mask.sum(axis=(1, 2)).tolist()
+    ((2, 3, 2), [3.0, 5.0])
+    >>> sorted(idx[1][mask[1] == 1].tolist())  # every row of client 1 once
+    [0, 1, 2, 3, 4]
     """
     counts = np.asarray(counts, dtype=np.int64)
     n = len(counts)

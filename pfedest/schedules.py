@@ -8,6 +8,11 @@ from sklearn.base import BaseEstimator
 class ConstantLR(BaseEstimator):
     """The base rate in every round.
 
+    Parameters
+    ----------
+    None
+        It takes no parameters; call it as ``schedule(round_index, n_rounds)`` for the factor.
+
     Examples
     --------
     >>> ConstantLR()(round_index=7, n_rounds=10)
@@ -71,7 +76,26 @@ SCHEDULES = {"constant": ConstantLR, "linear": LinearLR, "step": StepLR}
 
 
 def make_schedule(spec) -> object:
-    """A schedule object from a name in ``SCHEDULES``, a schedule object, or a callable ``(round, n_rounds)``."""
+    """A schedule object from a name in ``SCHEDULES``, a schedule object, or a callable ``(round, n_rounds)``.
+
+    Parameters
+    ----------
+    spec : str or callable
+        ``"constant"``, ``"linear"`` or ``"step"`` (default settings), or a callable
+        ``(round_index, n_rounds) -> factor``, returned as it is.
+
+    Returns
+    -------
+    callable
+        ``schedule(round_index, n_rounds) -> factor`` of the base learning rate.
+
+    Examples
+    --------
+    >>> make_schedule("step")
+    StepLR()
+    >>> make_schedule(lambda r, n: 0.5)(3, 10)
+    0.5
+    """
     if isinstance(spec, str):
         if spec not in SCHEDULES:
             raise ValueError(f"Unknown lr_schedule {spec!r}; expected one of {sorted(SCHEDULES)} or a callable "

@@ -15,6 +15,11 @@ Params = Dict[str, torch.Tensor]
 class WeightedAverage:
     """Streams ``sum_i w_i u_i / sum_i w_i`` over chunks of clients, then takes a server step.
 
+    Parameters
+    ----------
+    None
+        It takes no parameters; clients are added with :meth:`add`.
+
     Examples
     --------
     >>> import torch

@@ -22,6 +22,21 @@ class Split(BaseEstimator):
     """Base class of splits: nothing personal unless a subclass says otherwise.
 
     Subclasses override :meth:`personal_names` and, if they change the network, :meth:`prepare`.
+
+    Parameters
+    ----------
+    None
+        The base class takes no parameters; subclasses add their own.
+
+    Examples
+    --------
+    >>> from pfedest.modules import MLP
+    >>> class BiasSplit(Split):
+    ...     def personal_names(self, module):
+    ...         return [n for n, _ in module.named_parameters() if n.endswith("bias")]
+    >>> module, personal = BiasSplit().resolve(MLP(4, 3, (8,)))
+    >>> personal
+    ['net.0.bias', 'net.2.bias']
     """
 
     #: Whether selecting no parameter (or every parameter) is what this split means.
@@ -201,7 +216,19 @@ class AdapterSplit(Split):
 
 
 class FullSplit(Split):
-    """Every parameter is personal: each client trains alone (local training)."""
+    """Every parameter is personal: each client trains alone (local training).
+
+    Parameters
+    ----------
+    None
+        It takes no parameters.
+
+    Examples
+    --------
+    >>> from pfedest.modules import MLP
+    >>> FullSplit().resolve(MLP(4, 3, (8,)))[1]
+    ['net.0.weight', 'net.0.bias', 'net.2.weight', 'net.2.bias']
+    """
 
     allows_all = True
 
@@ -210,7 +237,19 @@ class FullSplit(Split):
 
 
 class NoSplit(Split):
-    """Nothing is personal: FedAvg."""
+    """Nothing is personal: FedAvg.
+
+    Parameters
+    ----------
+    None
+        It takes no parameters.
+
+    Examples
+    --------
+    >>> from pfedest.modules import MLP
+    >>> NoSplit().resolve(MLP(4, 3, (8,)))[1]
+    []
+    """
 
     allows_empty = True
 
@@ -249,6 +288,12 @@ class FunctionSplit(Split):
     ----------
     func : callable
         ``(name: str, parameter: torch.nn.Parameter) -> bool``.
+
+    Examples
+    --------
+    >>> from pfedest.modules import MLP
+    >>> FunctionSplit(lambda name, p: p.dim() == 1).personal_names(MLP(4, 3, (8,)))
+    ['net.0.bias', 'net.2.bias']
     """
 
     def __init__(self, func: Callable[[str, nn.Parameter], bool] | None = None):
@@ -279,6 +324,13 @@ def make_split(spec: str | Iterable[str] | Callable | Split) -> Split:
     Returns
     -------
     Split
+
+    Examples
+    --------
+    >>> make_split("head")
+    HeadSplit()
+    >>> make_split(["net.0.*"])
+    NameSplit(patterns=['net.0.*'])
     """
     if isinstance(spec, Split):
         return spec
