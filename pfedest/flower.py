@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 import inspect
-import io
 import json
 import logging
 import math
@@ -1191,7 +1191,8 @@ def server_main(grid, context, app_dir) -> Path:
     Path
         The ``result-dir``; read it with :func:`load_result`.
     """
-    from flwr.app import ArrayRecord  # noqa: F401  (fail early and clearly without Flower)
+    # Import Flower first, so that a missing install fails before the result folder is written.
+    importlib.import_module("flwr.app")
 
     settings = RunSettings.from_config(context.run_config)
     model_path = Path(app_dir) / MODEL_FILE

@@ -51,7 +51,9 @@ __all__ = ["Constants", "PersonalizedProblem", "PersonalizedLeastSquares", "Pers
 class Constants:
     """The constants of a problem that the convergence theory is written in.
 
-    Attributes
+    Usually read from :attr:`PersonalizedProblem.constants` rather than built by hand.
+
+    Parameters
     ----------
     L_u : float
         Smoothness of every ``F_i`` in ``u``: ``max_i sup lambda_max(d^2 F_i / du^2)``.
@@ -66,6 +68,15 @@ class Constants:
     mu : float
         Strong convexity of every ``F_i`` jointly in ``(u, v_i)`` (a lower bound for logistic
         regression: its ridge).
+
+    Examples
+    --------
+    >>> k = Constants(L_u=4.0, L_v=1.0, L_uv=1.0, chi=0.5, mu=0.1)
+    >>> k.L_vu
+    1.0
+    >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
+    >>> bool(0.0 <= p.constants.chi <= 1.0 and p.constants.mu > 0)
+    True
     """
 
     L_u: float
@@ -109,6 +120,18 @@ class PersonalizedProblem:
         each client. ``None``: zeros.
     ridge_u, ridge_v : float, default=0.0
         Ridge penalties ``(ridge/2) ||.||^2`` in every ``F_i``.
+
+    Examples
+    --------
+    A subclass built from arrays (two clients of three rows each):
+
+    >>> rng = np.random.default_rng(0)
+    >>> A, B, y = rng.standard_normal((6, 2)), rng.standard_normal((6, 1)), rng.standard_normal(6)
+    >>> p = PersonalizedLeastSquares(A, B, y, counts=[3, 3])
+    >>> p.n_clients, p.dim_shared, p.dim_personal
+    (2, 2, 1)
+    >>> p.offsets.tolist(), p.alpha.tolist()
+    ([0, 3], [0.5, 0.5])
     """
 
     _curvature = 1.0
@@ -409,6 +432,31 @@ class PersonalizedLeastSquares(PersonalizedProblem):
 
     All constants are exact; the optimum solves the joint normal equations (each ``v_i``
     eliminated by its Schur complement). Build one with :func:`make_least_squares`.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_rows, d_u)
+        Features multiplying the shared ``u``, rows sorted by client.
+    B : ndarray of shape (n_rows, d_v)
+        Features multiplying the client's personal ``v_i``.
+    y : ndarray of shape (n_rows,)
+        Real targets.
+    counts : ndarray of int, shape (n_clients,)
+        Rows per client.
+    noise_u, noise_v : ndarray of shape (n_rows, d_u) and (n_rows, d_v), default=None
+        Per-row gradient-noise terms (see :class:`PersonalizedProblem`).
+    ridge_u, ridge_v : float, default=0.0
+        Ridge penalties ``(ridge/2) ||.||^2`` in every ``F_i``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> A, B, y = rng.standard_normal((6, 2)), rng.standard_normal((6, 1)), rng.standard_normal(6)
+    >>> p = PersonalizedLeastSquares(A, B, y, counts=[3, 3])
+    >>> u, V, F_star = p.optimum
+    >>> g_u, g_v = p.gradients(u, V)
+    >>> bool(np.abs(g_u).max() < 1e-12 and np.abs(g_v).max() < 1e-12)
+    True
     """
 
     _curvature = 1.0
@@ -432,6 +480,36 @@ class PersonalizedLogistic(PersonalizedProblem):
     Smoothness uses ``l'' <= 1/4``; the cross term is bounded by ``max_i ||A_i|| ||B_i|| / (4 m_i)``,
     so ``chi`` is an upper bound (often near 1). :attr:`chi_at_optimum` is the local coupling. The
     optimum comes from L-BFGS (scipy) polished by Newton steps to a gradient norm near 1e-15.
+    Build one with :func:`make_logistic`.
+
+    Parameters
+    ----------
+    A : ndarray of shape (n_rows, d_u)
+        Features multiplying the shared ``u``, rows sorted by client.
+    B : ndarray of shape (n_rows, d_v)
+        Features multiplying the client's personal ``v_i``.
+    y : ndarray of shape (n_rows,)
+        Labels ``+1`` or ``-1``.
+    counts : ndarray of int, shape (n_clients,)
+        Rows per client.
+    noise_u, noise_v : ndarray of shape (n_rows, d_u) and (n_rows, d_v), default=None
+        Per-row gradient-noise terms (see :class:`PersonalizedProblem`).
+    ridge_u, ridge_v : float, default=0.0
+        Ridge penalties ``(ridge/2) ||.||^2`` in every ``F_i``; give them positive values when the
+        data may be separable, or the optimum may be at infinity.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> A, B = rng.standard_normal((6, 2)), rng.standard_normal((6, 1))
+    >>> y = np.array([1.0, -1.0, 1.0, 1.0, -1.0, -1.0])
+    >>> p = PersonalizedLogistic(A, B, y, counts=[3, 3], ridge_u=0.1, ridge_v=0.1)
+    >>> p.constants.mu
+    0.1
+    >>> u, V, F_star = p.optimum
+    >>> g_u, g_v = p.gradients(u, V)
+    >>> bool(max(np.abs(g_u).max(), np.abs(g_v).max()) < 1e-12)
+    True
     """
 
     _curvature = 0.25
@@ -588,8 +666,29 @@ def make_logistic(n_clients: int = 8, n_samples_per_client: int = 40, dim_shared
                   personal_noise: float = 0.0, ridge: float = 1e-2, random_state=None) -> PersonalizedLogistic:
     """A personalized logistic regression: labels ``+-1`` drawn from each client's own true model.
 
-    Parameters as in :func:`make_least_squares`; ``scale`` multiplies the true parameters (larger:
-    cleaner labels, nearly separable data). ``ridge > 0`` keeps the optimum finite and unique.
+    Features are drawn as in :func:`make_least_squares`; client ``i``'s labels are ``+1`` with
+    probability ``sigmoid(a_j.u_i + b_j.v_i)``.
+
+    Parameters
+    ----------
+    n_clients, n_samples_per_client, dim_shared, dim_personal : int
+        ``n``, ``m_i``, ``d_u``, ``d_v``.
+    coupling : float in [0, 1), default=0.5
+        Correlation of the personal features with the shared ones (see :func:`make_least_squares`).
+    heterogeneity : float, default=1.0
+        Spread of the clients' true shared vectors.
+    scale : float, default=1.0
+        Multiplies the true parameters (larger: cleaner labels, nearly separable data).
+    shared_noise, personal_noise : float, default=0.0
+        Scale of the per-row noise vectors: extra minibatch noise in ``grad_u`` and ``grad_v`` alone,
+        with no change to ``F`` or its full gradients.
+    ridge : float, default=1e-2
+        ``ridge_u = ridge_v``; ``ridge > 0`` keeps the optimum finite and unique.
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    PersonalizedLogistic
 
     Examples
     --------
@@ -622,9 +721,10 @@ class Trajectory:
     """What :func:`run` measured, round by round.
 
     Arrays indexed by round ``t = 0..T`` hold values at the iterate ``(u_t, V_t)`` before round
-    ``t + 1``; arrays of length ``T`` hold one value per round.
+    ``t + 1``; arrays of length ``T`` hold one value per round. Built by :func:`run`; the fields
+    below are its constructor's parameters and the instance's attributes.
 
-    Attributes
+    Parameters
     ----------
     algorithm : str
     lr_shared, lr_personal : float
@@ -658,6 +758,19 @@ class Trajectory:
         The final ``u`` and ``V``.
     diverged_at : int or None
         The round whose loss or iterate was no longer finite (the run stopped there).
+
+    Examples
+    --------
+    >>> from pfedest.rates import theory_step_sizes
+    >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
+    >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
+    >>> traj = run(p, "fedalt", 3, lr_shared=lr_u, lr_personal=lr_v, random_state=0)
+    >>> traj.n_rounds, traj.objective_gap.shape, traj.local_steps
+    (3, (4,), (1, 1))
+    >>> bool(np.all(np.diff(traj.objective_gap) < 0))
+    True
+    >>> traj.running_mean().shape
+    (3,)
     """
 
     algorithm: str

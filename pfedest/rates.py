@@ -94,6 +94,35 @@ def tuned_eta(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, ba
     ``S = N_u / L_u + N_v / L_v``: minimal at ``eta = sqrt(2 dF0 / (kappa S T))``, which falls like
     ``1 / sqrt(T)``; capped at ``1 / kappa`` (where the descent coefficient is still ``eta / 2``).
     Without noise (``S = 0``) this is the cap.
+
+    Parameters
+    ----------
+    problem : PersonalizedProblem
+    algorithm : {"fedalt", "fedsim"}
+    n_rounds : int
+        The horizon ``T``.
+    batch_size : int, default=None
+        Rows per minibatch; ``None`` gives full gradients (no minibatch noise).
+    clients_per_round : int, default=None
+        ``m``; ``None`` is all clients (no client-sampling noise).
+    initial_gap : float, default=None
+        ``F(x_0) - F*``; ``None`` takes ``x_0 = 0``, the start of :func:`pfedest.problems.run`.
+
+    Returns
+    -------
+    eta : float
+        To pass to :func:`theory_step_sizes`.
+
+    Examples
+    --------
+    >>> from pfedest.problems import make_least_squares
+    >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
+    >>> tuned_eta(p, "fedalt", 100)
+    1.0
+    >>> bool(np.isclose(tuned_eta(p, "fedsim", 100), 1.0 / (1.0 + p.constants.chi)))
+    True
+    >>> bool(tuned_eta(p, "fedalt", 100, batch_size=2) < 1.0)
+    True
     """
     kappa = _kappa(problem, algorithm)
     u, V, F_star = problem.optimum
@@ -191,7 +220,29 @@ def descent_bound(problem: PersonalizedProblem, algorithm: str, lr_shared: float
 
 
 def trajectory_bound(problem: PersonalizedProblem, trajectory: Trajectory) -> np.ndarray:
-    """:func:`descent_bound` with the step sizes, participation and per-round noise of a run."""
+    """:func:`descent_bound` with the step sizes, participation and per-round noise of a run.
+
+    Parameters
+    ----------
+    problem : PersonalizedProblem
+        The problem the run was on.
+    trajectory : Trajectory
+        What :func:`pfedest.problems.run` returned (one local step per block).
+
+    Returns
+    -------
+    bound : ndarray of shape (trajectory.n_rounds,)
+        Bound on ``trajectory.running_mean()`` round by round.
+
+    Examples
+    --------
+    >>> from pfedest.problems import make_least_squares, run
+    >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
+    >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
+    >>> traj = run(p, "fedalt", 3, lr_shared=lr_u, lr_personal=lr_v, random_state=0)
+    >>> bool(np.all(traj.running_mean() <= trajectory_bound(p, traj)))
+    True
+    """
     return descent_bound(problem, trajectory.algorithm, trajectory.lr_shared, trajectory.lr_personal,
                          trajectory.n_rounds, initial_gap=float(trajectory.objective_gap[0]),
                          clients_per_round=trajectory.clients_per_round, local_steps=trajectory.local_steps,
@@ -204,6 +255,37 @@ def reference_round(problem: PersonalizedProblem, u: np.ndarray, V: np.ndarray, 
 
     An independent statement of FedAlt and FedSim (it shares no code with :mod:`pfedest.algorithms`),
     used for :func:`linear_rate` and as a test oracle.
+
+    Parameters
+    ----------
+    problem : PersonalizedProblem
+    u : ndarray of shape (d_u,)
+        The server's shared vector at the start of the round.
+    V : ndarray of shape (n_clients, d_v)
+        Every client's personal vector.
+    algorithm : {"fedalt", "fedsim"}
+    lr_shared, lr_personal : float
+        ``gamma_u``, ``gamma_v``.
+    local_steps : int or (int, int), default=1
+        FedSim: joint steps. FedAlt: ``(personal, shared)`` steps, or one number for both.
+
+    Returns
+    -------
+    u_new : ndarray of shape (d_u,)
+        The ``alpha``-weighted average of the clients' shared vectors.
+    V_new : ndarray of shape (n_clients, d_v)
+
+    Examples
+    --------
+    The optimum is a fixed point of a full-gradient round:
+
+    >>> from pfedest.problems import make_least_squares
+    >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
+    >>> u, V, _ = p.optimum
+    >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
+    >>> u1, V1 = reference_round(p, u, V, "fedalt", lr_u, lr_v)
+    >>> bool(np.allclose(u1, u) and np.allclose(V1, V))
+    True
     """
     tau_v, tau_u = (local_steps, local_steps) if np.isscalar(local_steps) else local_steps
     n = problem.n_clients
@@ -233,6 +315,32 @@ def round_jacobian(problem: PersonalizedProblem, algorithm: str, lr_shared: floa
 
     Central differences of :func:`reference_round`. For least squares the round is affine, so
     ``x_t - x* = J^t (x_0 - x*)`` exactly; for logistic regression this holds near the optimum.
+
+    Parameters
+    ----------
+    problem : PersonalizedProblem
+    algorithm : {"fedalt", "fedsim"}
+    lr_shared, lr_personal : float
+        ``gamma_u``, ``gamma_v``.
+    local_steps : int or (int, int), default=1
+        As in :func:`reference_round`.
+    eps : float, default=1e-6
+        Step of the central differences.
+
+    Returns
+    -------
+    J : ndarray of shape (d_u + n_clients * d_v, d_u + n_clients * d_v)
+
+    Examples
+    --------
+    >>> from pfedest.problems import make_least_squares
+    >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
+    >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
+    >>> J = round_jacobian(p, "fedalt", lr_u, lr_v)
+    >>> J.shape
+    (11, 11)
+    >>> bool(np.max(np.abs(np.linalg.eigvals(J))) < 1.0)
+    True
     """
     u, V, _ = problem.optimum
     d_u = problem.dim_shared
@@ -258,6 +366,22 @@ def linear_rate(problem: PersonalizedProblem, algorithm: str, lr_shared: float, 
     Exact for least squares (locally for logistic regression); ``> 1`` means the iteration diverges.
     When the two largest eigenvalues are close, a run approaches this factor only slowly.
 
+    Parameters
+    ----------
+    problem : PersonalizedProblem
+    algorithm : {"fedalt", "fedsim"}
+    lr_shared, lr_personal : float
+        ``gamma_u``, ``gamma_v``.
+    local_steps : int or (int, int), default=1
+        As in :func:`reference_round`.
+    eps : float, default=1e-6
+        Step of the central differences of :func:`round_jacobian`.
+
+    Returns
+    -------
+    rate : float
+        The spectral radius.
+
     Examples
     --------
     >>> from pfedest.problems import make_least_squares
@@ -278,6 +402,21 @@ def recalled_rate(n_rounds, initial_gap: float, s1: float, s2: float = 0.0) -> n
     it for exponents and crossovers (the ``1/sqrt(T)`` term dominates at large ``T`` once there is
     noise, ``s1 > 0``), never as an upper bound.
 
+    Parameters
+    ----------
+    n_rounds : int or array-like of int
+        ``T``.
+    initial_gap : float
+        ``dF0 = F(x_0) - F*``.
+    s1 : float
+        Scale of the ``1/sqrt(T)`` (noise) term.
+    s2 : float, default=0.0
+        Scale of the ``T^(-2/3)`` term.
+
+    Returns
+    -------
+    rate : ndarray of the shape of ``n_rounds``
+
     Examples
     --------
     >>> T = np.array([1e6, 1e8])
@@ -291,6 +430,15 @@ def recalled_rate(n_rounds, initial_gap: float, s1: float, s2: float = 0.0) -> n
 
 def fit_slope(x, y) -> float:
     """Least-squares slope of ``log y`` against ``log x``.
+
+    Parameters
+    ----------
+    x, y : array-like of shape (n,)
+        Positive values, ``n >= 2``.
+
+    Returns
+    -------
+    slope : float
 
     Examples
     --------
@@ -308,6 +456,19 @@ def fit_slope(x, y) -> float:
 
 def fit_linear_rate(values, low: float = 1e-11, high: float = 1e-3) -> float:
     """Per-round factor ``r`` of a sequence ``values[t] ~ C r^t``, fitted where ``low < values < high``.
+
+    The window leaves out the start (before the slowest mode dominates) and the rounding floor.
+
+    Parameters
+    ----------
+    values : array-like of shape (T,)
+        The sequence, indexed by round (e.g. ``Trajectory.distance``).
+    low, high : float, default=1e-11 and 1e-3
+        The window; at least 3 values must fall in it.
+
+    Returns
+    -------
+    r : float
 
     Examples
     --------
