@@ -398,7 +398,7 @@ def main(argv=None):
     print()
     print(render_table(results, show_flops=device.type == "cuda", peak_tflops=args.peak_tflops))
     print()
-    notes = [f"s/round: median wall time of one round (sampling, local updates, averaging).",
+    notes = ["s/round: median wall time of one round (sampling, local updates, averaging).",
              f"client-steps/s: clients x {sum(STEPS.values())} local steps / s/round.",
              "speed-up: fastest loop's s/round / this engine's, measured in the same process with rounds interleaved."]
     if args.loop_above_max == "extrap":

@@ -13,7 +13,6 @@ Run: ``python examples/paper_pipeline.py`` (``--quick`` for a small run, ``--out
 import argparse
 from pathlib import Path
 
-import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pfedest import EvaluateClients, PartialPersonalizedClassifier

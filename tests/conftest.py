@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from pfedest.datasets import make_shifted_clients
