@@ -258,7 +258,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
                                  f"got 1 class: {encoder.classes_[0]!r}.")
             self.classes_ = encoder.classes_
             codes = encoder.transform(y)
-        client_ids = self._check_client_ids(client_ids, len(X))
+        client_ids = self._check_client_ids(client_ids, len(X), fresh=not resume)
         if not resume:
             self._initialize(X, np.unique(client_ids))
         rows = self._rows_adding_new(client_ids)
@@ -388,13 +388,14 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
                              f"known labels: {self.classes_.tolist()}.")
         return np.searchsorted(self.classes_, y)
 
-    def _check_client_ids(self, client_ids, n_samples):
+    def _check_client_ids(self, client_ids, n_samples, fresh=False):
+        """Client ids as an array; ``None`` means the model's one client (or client 0 on a fresh fit)."""
+        known = None if fresh else getattr(self, "clients_", None)
         if client_ids is None:
-            if hasattr(self, "clients_") and len(self.clients_) > 1:
-                raise ValueError(f"client_ids is required: this model was fitted on {len(self.clients_)} "
+            if known is not None and len(known) > 1:
+                raise ValueError(f"client_ids is required: this model was fitted on {len(known)} "
                                  "clients and each row must say which one it belongs to.")
-            single = self.clients_[0] if hasattr(self, "clients_") else 0
-            return np.full(n_samples, single)
+            return np.full(n_samples, known[0] if known is not None else 0)
         client_ids = np.asarray(client_ids)
         if client_ids.ndim != 1 or len(client_ids) != n_samples:
             raise ValueError(f"client_ids must be 1-D with one id per row of X ({n_samples} rows), got shape "

@@ -311,3 +311,10 @@ def test_client_report_method_scores_every_client_against_a_baseline(federated):
     report = est.client_report(X, y, c, baseline=fedavg)
     assert len(report.clients) == len(np.unique(c))
     assert 0 <= report.fraction_hurt <= 1
+
+
+def test_a_new_fit_without_client_ids_forgets_the_previous_clients(federated):
+    X, y, c = federated
+    est = fitted(federated)
+    est.fit(X, y)  # a fresh fit: all rows one client, whatever the last fit saw
+    assert len(est.clients_) == 1 and est.predict(X).shape == y.shape
