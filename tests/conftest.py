@@ -1,6 +1,11 @@
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 from pfedest.datasets import make_shifted_clients
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +24,16 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def load_example():
+    """``load_example(name)`` imports ``examples/<name>.py`` as a module (its ``main`` not run)."""
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

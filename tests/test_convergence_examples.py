@@ -1,23 +1,11 @@
 """The convergence examples run at small sizes, save their figures, and report what they claim."""
 
-import importlib.util
-from pathlib import Path
-
 import matplotlib
 import numpy as np
 import pytest
 
 matplotlib.use("Agg")
 import matplotlib.image  # noqa: E402
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def assert_figure(path, min_width=800):
@@ -26,8 +14,8 @@ def assert_figure(path, min_width=800):
     assert image.shape[1] >= min_width and image.std() > 0.01  # a drawn figure, not a blank canvas
 
 
-def test_convergence_rates_example(tmp_path, capsys):
-    out = load("plot_convergence_rates").main(
+def test_convergence_rates_example(tmp_path, capsys, load_example):
+    out = load_example("plot_convergence_rates").main(
         ["--out-dir", str(tmp_path / "figs"), "--clients", "4", "--samples", "16", "--rounds", "120",
          "--horizons", "20,40", "--seeds", "1", "--sampled", "2"])
     assert_figure(out["figure"])
@@ -44,8 +32,8 @@ def test_convergence_rates_example(tmp_path, capsys):
         assert r["rho_measured"] == pytest.approx(r["rho_predicted"], abs=0.01)
 
 
-def test_fedalt_vs_fedsim_example(tmp_path):
-    out = load("plot_fedalt_vs_fedsim").main(
+def test_fedalt_vs_fedsim_example(tmp_path, load_example):
+    out = load_example("plot_fedalt_vs_fedsim").main(
         ["--out-dir", str(tmp_path), "--clients", "4", "--samples", "16", "--couplings", "0,0.8", "--etas", "1.5",
          "--rounds", "60", "--noises", "0,4", "--noise-rounds", "30", "--seeds", "2"])
     assert_figure(out["figure"])
@@ -58,8 +46,8 @@ def test_fedalt_vs_fedsim_example(tmp_path):
     assert len(out["noise"]) == 4 and all(len(r["fedalt_shared"]) == 2 for r in out["noise"])
 
 
-def test_training_curves_example(tmp_path):
-    out = load("plot_training_curves").main(
+def test_training_curves_example(tmp_path, load_example):
+    out = load_example("plot_training_curves").main(
         ["--out-dir", str(tmp_path), "--clients", "6", "--per-round", "3", "--rounds", "4", "--every", "2"])
     assert_figure(out["figure"])
     results = out["results"]

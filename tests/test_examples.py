@@ -1,20 +1,8 @@
 """The examples run, at small sizes, and say what the README says they say."""
 
-import importlib.util
-from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quickstart_table_has_the_baselines_and_head_beats_fedavg(capsys):
-    results = load("quickstart").main(["--clients", "10", "--rounds", "15"])
+def test_quickstart_table_has_the_baselines_and_head_beats_fedavg(capsys, load_example):
+    results = load_example("quickstart").main(["--clients", "10", "--rounds", "15"])
     out = capsys.readouterr().out
     for label in ("FedAvg", "Local only", "personal head", "input layer", "adapters"):
         assert label in out
@@ -23,8 +11,8 @@ def test_quickstart_table_has_the_baselines_and_head_beats_fedavg(capsys):
         assert summary["worst"] <= summary["mean"] <= 1
 
 
-def test_paper_pipeline_runs_every_stage_and_saves_its_figure(tmp_path, capsys):
-    rows = load("paper_pipeline").main(["--quick", "--out", str(tmp_path / "pipeline.png")])
+def test_paper_pipeline_runs_every_stage_and_saves_its_figure(tmp_path, capsys, load_example):
+    rows = load_example("paper_pipeline").main(["--quick", "--out", str(tmp_path / "pipeline.png")])
     assert (tmp_path / "pipeline.png").stat().st_size > 10_000
     table = {name: stages for name, stages, _, _ in rows}
     assert set(table["fedalt head"]) == {"pretrain", "train", "finetune"}

@@ -1,7 +1,6 @@
 """Figures: grid-search curves, per-client changes; the examples that save them; no matplotlib in the core."""
 
 import ast
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pfedest.plotting import plot_client_change, plot_client_scatter, plot_grid_search, split_name  # noqa: E402
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(autouse=True)
@@ -143,16 +140,9 @@ def test_split_names():
 
 
 # ------------------------------------------------------------------ examples
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_grid_search_example_saves_its_figure(tmp_path, capsys):
+def test_grid_search_example_saves_its_figure(tmp_path, capsys, load_example):
     out = tmp_path / "grid.png"
-    search, report = load("plot_grid_search").main(["--clients", "6", "--rounds", "2", "--folds", "2", "--n-jobs",
+    search, report = load_example("plot_grid_search").main(["--clients", "6", "--rounds", "2", "--folds", "2", "--n-jobs",
                                                     "2", "--out", str(out)])  # workers already started
     assert out.stat().st_size > 10_000
     assert len(search.cv_results_["params"]) == 8 and np.all(np.isfinite(search.cv_results_["mean_test_score"]))
@@ -161,9 +151,9 @@ def test_grid_search_example_saves_its_figure(tmp_path, capsys):
     assert report.n_clients == 6
 
 
-def test_client_report_example_saves_its_figure(tmp_path, capsys):
+def test_client_report_example_saves_its_figure(tmp_path, capsys, load_example):
     out = tmp_path / "report.png"
-    report = load("plot_client_report").main(["--clients", "6", "--rounds", "2", "--out", str(out)])
+    report = load_example("plot_client_report").main(["--clients", "6", "--rounds", "2", "--out", str(out)])
     assert out.stat().st_size > 10_000
     assert report.has_baseline and report.n_clients == 6
     assert "weighted_mean" in capsys.readouterr().out
