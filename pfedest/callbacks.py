@@ -80,15 +80,15 @@ class EvaluateClients(Callback):
         self.name = name
 
     def on_round_end(self, estimator, record):
-        from .report import client_accuracies
+        from .report import _summary_column, client_accuracies
 
         keys = [f"{self.name}_{k}" for k in ("mean", "weighted_mean", "p10", "worst")]
         if record["round"] % self.every:
             record.update(dict.fromkeys(keys, math.nan))
             return
         _, counts, accuracy = client_accuracies(estimator, self.X, self.y, self.client_ids)
-        values = [accuracy.mean(), np.average(accuracy, weights=counts), np.quantile(accuracy, 0.1), accuracy.min()]
-        record.update({k: float(v) for k, v in zip(keys, values)})
+        summary = _summary_column(np.asarray(accuracy, dtype=float), np.asarray(counts, dtype=float))
+        record.update({k: summary[s] for k, s in zip(keys, ("mean", "weighted_mean", "10%", "worst"))})
 
 
 class EarlyStopping(Callback):

@@ -60,13 +60,8 @@ def summarize(counts, accuracy) -> dict:
     >>> summarize([10, 30], [0.5, 1.0])
     {'mean': 0.75, 'weighted_mean': 0.875, 'worst': 0.5}
     """
-    counts = np.asarray(counts, dtype=float)
-    accuracy = np.asarray(accuracy, dtype=float)
-    return {
-        "mean": float(accuracy.mean()),
-        "weighted_mean": float(np.average(accuracy, weights=counts)),
-        "worst": float(accuracy.min()),
-    }
+    full = _summary_column(np.asarray(accuracy, dtype=float), np.asarray(counts, dtype=float))
+    return {k: full[k] for k in ("mean", "weighted_mean", "worst")}
 
 
 #: Rows of :attr:`ClientReport.summary`, in order.
