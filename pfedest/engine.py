@@ -290,15 +290,17 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
               offsets: np.ndarray, sampled: np.ndarray, rng: np.random.Generator, batch_size: int,
               steps: Mapping[str, Optional[int]], lr: StepSizes, server_lr: float,
               chunk_size: Optional[int], device: torch.device, aggregate: bool = True,
-              server_optimizer: Optional[ServerOptimizer] = None) -> tuple[Params, RoundResult]:
+              server_optimizer: Optional[ServerOptimizer] = None,
+              weights: Optional[np.ndarray] = None) -> tuple[Params, RoundResult]:
     """Train the ``sampled`` clients for one round and return the new shared parameters.
 
     ``personal_state`` (each tensor stacked over all clients) is updated in place for the sampled
     clients only. ``steps`` gives the step count of each of the algorithm's streams (``None``: one
     epoch). With ``aggregate=False`` the shared parameters come back unchanged (personalization).
     The server applies ``server_optimizer`` to the averaged shared parameters (default: SGD with
-    ``server_lr``, plain averaging at 1.0). If a client's loss is not finite, the round is undone
-    and ``finite`` is false.
+    ``server_lr``, plain averaging at 1.0). The average weighs each sampled client by ``weights``
+    (by default its row count, as FedAvg does), normalised over the sampled clients. If a client's
+    loss is not finite, the round is undone and ``finite`` is false.
 
     Parameters
     ----------
@@ -332,6 +334,9 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
         Average the shared parameters; ``False`` leaves them unchanged.
     server_optimizer : ServerOptimizer, optional
         Applied to the averaged shared parameters.
+    weights : ndarray of float, optional
+        Each client's weight in the average, indexed like ``counts`` (over all clients);
+        ``None`` uses ``counts``. Equal weights give the unweighted mean of the sampled clients.
 
     Returns
     -------
@@ -386,7 +391,8 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
             personal_state[k][rows] = v
         written.append((rows, personal))
         if aggregate:
-            server.add(client_shared, torch.as_tensor(counts[clients], dtype=torch.float32, device=device))
+            server.add(client_shared, torch.as_tensor((counts if weights is None else weights)[clients],
+                                                      dtype=torch.float32, device=device))
         loss_sum = loss_sum + chunk_loss
         row_count = row_count + cnts.sum()
     bytes_per_client = sum(v.numel() * v.element_size() for v in shared.values())

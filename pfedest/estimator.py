@@ -64,7 +64,8 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
     batch_size : int, default=32
         Rows per local minibatch.
     server_lr : float, default=1.0
-        Server step on the averaged shared parameters; 1.0 is plain (sample-weighted) averaging.
+        Server step on the averaged shared parameters; 1.0 is plain averaging (weighted as
+        ``weighting`` says).
     hidden_layer_sizes : tuple of int, default=(64, 64)
         Hidden widths of the default MLP (``module=None`` on 2-D input).
     engine : {"auto", "loop", "vmap"}, default="auto"
@@ -93,6 +94,13 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         ``server_lr=1`` and no momentum, plain averaging) or Adam (FedAdam; try ``server_lr=1e-3``).
     server_momentum : float in [0, 1), default=0.0
         Server momentum of ``"sgd"`` (FedAvgM).
+    weighting : {"samples", "uniform"}, default="samples"
+        How the server weighs each sampled client's shared parameters in the average: by its row
+        count, or equally. ``"uniform"`` matches the paper's analysis, whose objective
+        ``F = sum_i alpha_i F_i`` has ``alpha_i = 1/n`` (the equal-weight mean over uniformly
+        sampled clients is an unbiased estimate of the mean over all); ``"samples"`` counts a client
+        with more rows more, as FedAvg and the paper authors' code do. With equal row counts the two
+        are the same.
     lr_schedule : {"constant", "linear", "step"} or callable, default="constant"
         Factor of the client learning rates per round, over each stage's rounds: a name, a schedule
         from :mod:`pfedest.schedules` (``LinearLR(warmup_rounds=5)``, ``StepLR(step_rounds=20)``), or
@@ -180,6 +188,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         "finetune_epochs": [Interval(Integral, 0, None, closed="left")],
         "server_optimizer": [StrOptions({"sgd", "adam"})],
         "server_momentum": [Interval(Real, 0, 1, closed="left")],
+        "weighting": [StrOptions({"samples", "uniform"})],
         "lr_schedule": [StrOptions(set(SCHEDULES)), callable],
         "clip_grad_norm": [None, Interval(Real, 0, None, closed="neither")],
         "personal_l2": [Interval(Real, 0, None, closed="left")],
@@ -194,9 +203,9 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
                  personal_steps=None, shared_steps=None, lr=0.1, personal_lr=None, batch_size=32,
                  server_lr=1.0, hidden_layer_sizes=(64, 64), engine="auto", max_clients_per_batch=None,
                  compile=False, device="auto", unseen_clients="error", pretrain_rounds=0, finetune_epochs=0,
-                 server_optimizer="sgd", server_momentum=0.0, lr_schedule="constant", clip_grad_norm=None,
-                 personal_l2=0.0, personal_l2_target="zero", callbacks=None, warm_start=False, verbose=0,
-                 random_state=None):
+                 server_optimizer="sgd", server_momentum=0.0, weighting="samples", lr_schedule="constant",
+                 clip_grad_norm=None, personal_l2=0.0, personal_l2_target="zero", callbacks=None, warm_start=False,
+                 verbose=0, random_state=None):
         self.module = module
         self.split = split
         self.algorithm = algorithm
@@ -218,6 +227,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         self.finetune_epochs = finetune_epochs
         self.server_optimizer = server_optimizer
         self.server_momentum = server_momentum
+        self.weighting = weighting
         self.lr_schedule = lr_schedule
         self.clip_grad_norm = clip_grad_norm
         self.personal_l2 = personal_l2

@@ -10,7 +10,8 @@ A Flower app made here has two halves (`Flower <https://flower.ai>`_'s Message A
   (``state-dir``), so a restarted node resumes with them.
 - the **ServerApp** runs :class:`PersonalizedFedAvg`, a Flower strategy that samples nodes,
   refuses any reply that holds anything but the shared parameters, and averages them weighted by
-  the nodes' example counts with :class:`pfedest.server.WeightedAverage`, as the simulator does.
+  the nodes' example counts (or equally: run config ``weighting="uniform"``) with
+  :class:`pfedest.server.WeightedAverage`, as the simulator does.
 
 The model travels inside the app as ``model.json`` (:func:`write_model`): the estimator's
 parameters, the labels, the input shape and the starting weights. Training settings are the app's
@@ -77,7 +78,7 @@ logger = logging.getLogger("flwr.pfedest")
 # estimator that sets one of them warns). Training settings among them become run-config keys.
 _ARCHITECTURE = ("module", "split", "hidden_layer_sizes", "random_state")
 _TRAINING = ("n_rounds", "algorithm", "lr", "personal_lr", "batch_size", "personal_steps", "shared_steps",
-             "server_lr", "clients_per_round")
+             "server_lr", "weighting", "clients_per_round")
 _IGNORED_BY_DESIGN = ("engine", "max_clients_per_batch", "compile", "device", "unseen_clients", "warm_start",
                       "verbose")
 
@@ -102,6 +103,8 @@ class RunSettings:
         Local steps (``-1``: one epoch over the node's rows).
     server_lr : float
         Server step on the averaged shared parameters (1.0: plain averaging).
+    weighting : {"samples", "uniform"}
+        Weigh each reply by its ``num-examples`` or equally, as the estimator's ``weighting``.
     clients_per_round : int or float
         Nodes sampled each round: a count, or a fraction in (0, 1] of the connected nodes.
     min_nodes : int
@@ -142,6 +145,7 @@ class RunSettings:
     personal_steps: int = -1
     shared_steps: int = -1
     server_lr: float = 1.0
+    weighting: str = "samples"
     clients_per_round: float = 1.0
     min_nodes: int = 2
     node_wait: float = 300.0
@@ -180,6 +184,8 @@ class RunSettings:
                 bad(name, "expected an integer >= 0, or -1 for one epoch")
         if self.algorithm not in ("fedalt", "fedsim"):
             bad("algorithm", "expected 'fedalt' or 'fedsim'")
+        if self.weighting not in ("samples", "uniform"):
+            bad("weighting", "expected 'samples' or 'uniform'")
         for name, low in (("lr", 0.0), ("server_lr", 0.0), ("round_timeout", 0.0), ("node_wait", 0.0)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= low:
@@ -952,7 +958,8 @@ def _strategy_class():
         - refuses a reply unless it holds exactly the shared parameters (names, shapes, finite
           values) and a positive ``num-examples``; a refused or failed reply is left out of the round;
         - averages the accepted replies in the order of their ``partition-id``, weighted by
-          ``num-examples``, with :class:`pfedest.server.WeightedAverage`, then takes the server step
+          ``num-examples`` (or equally, with ``settings.weighting="uniform"``), with
+          :class:`pfedest.server.WeightedAverage`, then takes the server step
           ``u + server_lr * (mean - u)``;
         - keeps a record of every round in :attr:`rounds`: which nodes were asked, which replied
           with which keys and sizes, which failed and why.
@@ -979,8 +986,8 @@ def _strategy_class():
         def summary(self) -> None:
             s = self.settings
             logger.info("PersonalizedFedAvg: %s, %d shared arrays, clients per round %s, min nodes %d, "
-                        "server lr %s, seed %d", s.algorithm, len(self.layout), s.clients_per_round, s.min_nodes,
-                        s.server_lr, s.seed)
+                        "server lr %s, %s weighting, seed %d", s.algorithm, len(self.layout), s.clients_per_round,
+                        s.min_nodes, s.server_lr, s.weighting, s.seed)
 
         def _connected(self, grid) -> list:
             deadline = time.monotonic() + self.settings.node_wait
@@ -1069,9 +1076,10 @@ def _strategy_class():
             # A fixed order (by partition) makes the average independent of the arrival order.
             accepted.sort(key=lambda item: (item[0].get("partition-id", -1), item[2]))
             stacked = {k: torch.stack([_to_tensors(a)[k] for _, a, _ in accepted]) for k in self.layout}
-            counts = torch.tensor([float(m[self.weighted_by_key]) for m, _, _ in accepted])
+            uniform = self.settings.weighting == "uniform"
+            weights = torch.tensor([1.0 if uniform else float(m[self.weighted_by_key]) for m, _, _ in accepted])
             average = WeightedAverage()
-            average.add(stacked, counts)
+            average.add(stacked, weights)
             new_shared = average.step(self._current, float(self.settings.server_lr))
             loss_sum = sum(float(m.get("train-loss-sum", 0.0)) for m, _, _ in accepted)
             rows = sum(float(m.get("train-rows", 0.0)) for m, _, _ in accepted)
@@ -1357,7 +1365,7 @@ def run_config_for(estimator, **overrides) -> dict:
         "personal-lr": float(p["personal_lr"] or 0.0), "batch-size": int(p["batch_size"]),
         "personal-steps": -1 if p["personal_steps"] is None else int(p["personal_steps"]),
         "shared-steps": -1 if p["shared_steps"] is None else int(p["shared_steps"]),
-        "server-lr": float(p["server_lr"]), "clients-per-round": p["clients_per_round"],
+        "server-lr": float(p["server_lr"]), "weighting": p["weighting"], "clients-per-round": p["clients_per_round"],
         "min-nodes": 2, "node-wait": 300.0, "round-timeout": 600.0, "straggler-wait": 0.0, "evaluate-every": 0,
         "poll-interval": 0.0, "seed": int(seed) if isinstance(seed, (int, np.integer)) else 0,
         "keep-rounds": False, "result-dir": "pfedest-result",

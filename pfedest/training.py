@@ -149,6 +149,7 @@ def stage_runner(est, stage: str, data: ClientData):
 
     engine = make_engine(est.engine_, loss, shared_in(), compile=est.compile, **options)
     server = est._servers.setdefault(stage, make_server_optimizer(est))
+    weights = data.counts if est.weighting == "samples" else np.ones(len(data.counts))
 
     def run_one(round_index, n_rounds):
         tic = time.perf_counter()
@@ -159,7 +160,8 @@ def stage_runner(est, stage: str, data: ClientData):
             algorithm=algorithm, engine=engine, shared=shared_in(), personal_state=personal_state,
             counts=data.counts, offsets=data.offsets, sampled=sampled, rng=est._rng,
             batch_size=est.batch_size, steps=steps, lr=lr, server_lr=est.server_lr,
-            chunk_size=chunk_size(est), device=est.device_, aggregate=aggregate, server_optimizer=server)
+            chunk_size=chunk_size(est), device=est.device_, aggregate=aggregate, server_optimizer=server,
+            weights=weights)
         round_number = len(est.history_) + 1
         if not result.finite or not all(torch.isfinite(v).all() for v in shared.values()):
             raise FloatingPointError(
