@@ -4,6 +4,10 @@ A callback is a small scikit-learn estimator (its settings are parameters, so ``
 ``get_params`` and ``GridSearchCV`` via ``callbacks__0__every`` work) with no-op hooks to
 override. The estimator clones its callbacks at the start of each ``fit``, so state a callback
 keeps (a best score) never leaks between fits; the live copies are ``estimator.callbacks_``.
+
+A callback that keeps state across rounds returns it from ``state_dict`` (JSON-able: numbers,
+strings, lists and dicts, no tensors) and takes it back in ``load_state_dict``; :class:`Checkpoint`
+saves it with the model, so a resumed fit continues with it instead of starting it afresh.
 """
 
 from __future__ import annotations
@@ -45,6 +49,19 @@ class Callback(BaseEstimator):
 
     def on_train_end(self, estimator) -> None:
         """After the last round of a ``fit`` (also when a callback stopped it early)."""
+
+    def state_dict(self) -> dict:
+        """The state this callback keeps across rounds, as JSON-able values (empty: none).
+
+        :class:`Checkpoint` saves it after each round it writes and, on resuming, hands it to
+        :meth:`load_state_dict` after this callback's ``on_train_begin`` has run.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take back a ``state_dict()``; raise ``ValueError`` if it does not fit this callback."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, but was given {sorted(state)}.")
 
 
 class EvaluateClients(Callback):
@@ -140,6 +157,39 @@ class EarlyStopping(Callback):
             estimator.request_stop(f"{self.monitor} has not improved for {self.patience} evaluations "
                                    f"(best {self.best_:.4g} in round {self.best_round_}).")
 
+    def state_dict(self) -> dict:
+        """The best value, its round and the evaluations waited since (empty before training).
+
+        Examples
+        --------
+        >>> stopper = EarlyStopping(patience=3)
+        >>> stopper.on_train_begin(None)
+        >>> stopper.on_round_end(None, {"round": 1, "valid_mean": 0.8})
+        >>> stopper.on_round_end(None, {"round": 2, "valid_mean": 0.7})
+        >>> state = stopper.state_dict()
+        >>> state["best"], state["best_round"], state["waited"]
+        (0.8, 1, 1)
+        >>> resumed = EarlyStopping(patience=3)
+        >>> resumed.on_train_begin(None)
+        >>> resumed.load_state_dict(state)
+        >>> resumed.waited_
+        1
+        """
+        if not hasattr(self, "best_"):
+            return {}
+        # monitor and mode say what best means; load_state_dict checks them
+        return {"monitor": self.monitor, "mode": self.mode, "best": float(self.best_),
+                "best_round": self.best_round_, "waited": self.waited_}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``; refuse one that tracked another value or direction."""
+        if not state:
+            return
+        if (state["monitor"], state["mode"]) != (self.monitor, self.mode):
+            raise ValueError(f"The saved EarlyStopping state tracks monitor={state['monitor']!r}, "
+                             f"mode={state['mode']!r}; this one monitor={self.monitor!r}, mode={self.mode!r}.")
+        self.best_, self.best_round_, self.waited_ = state["best"], state["best_round"], state["waited"]
+
 
 class Checkpoint(Callback):
     """Save everything needed to continue training every ``every`` rounds; resume from it.
@@ -147,6 +197,10 @@ class Checkpoint(Callback):
     With ``resume=True``, a ``fit`` that finds a valid checkpoint of the same run in ``directory``
     continues from it instead of starting over, and ends with the same parameters as a run that
     was never interrupted. Broken files (truncated, corrupted) are skipped for the previous good one.
+    The other callbacks' ``state_dict()`` is saved too (an :class:`EarlyStopping`'s best score and
+    wait) and restored after their ``on_train_begin``, so a resumed run stops where the uninterrupted
+    one does; a checkpoint whose callbacks with state differ from this fit's is refused. Checkpoint
+    runs after the other callbacks (``run_last``); one that keeps state must not run after it.
 
     Parameters
     ----------
@@ -185,6 +239,12 @@ class Checkpoint(Callback):
         if self.directory is None:
             raise ValueError("Checkpoint needs a directory.")
         Path(self.directory).mkdir(parents=True, exist_ok=True)
+        # A callback after this one would update its state after the save of each round, and its
+        # on_train_begin would reset it after the restore: its checkpointed state would be wrong.
+        later = [type(cb).__name__ for cb in _callbacks_after(estimator, self) if keeps_state(cb)]
+        if later:
+            raise ValueError(f"Checkpoint must run after every callback that keeps state, but {', '.join(later)} "
+                             "runs after it (both run last): list Checkpoint after them.")
         self.resumed_from_ = None
         if self.resume:
             found = latest_checkpoint(self.directory)
@@ -205,3 +265,29 @@ class Checkpoint(Callback):
         for old in list_checkpoints(self.directory)[max(self.keep, 1):]:
             old.unlink(missing_ok=True)
         return path
+
+
+def keeps_state(callback) -> bool:
+    """Whether ``callback`` has state to checkpoint: it overrides :meth:`Callback.state_dict`.
+
+    Parameters
+    ----------
+    callback : object
+        A callback (one without ``state_dict`` keeps none).
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> keeps_state(EarlyStopping()), keeps_state(EvaluateClients()), keeps_state(Checkpoint("ckpts"))
+    (True, False, False)
+    """
+    return getattr(type(callback), "state_dict", Callback.state_dict) is not Callback.state_dict
+
+
+def _callbacks_after(estimator, callback) -> list:
+    callbacks = list(getattr(estimator, "callbacks_", []))
+    position = next((i for i, cb in enumerate(callbacks) if cb is callback), len(callbacks))
+    return callbacks[position + 1:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from numbers import Integral, Real
 
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .algorithms import ALGORITHMS, StepSizes
+from .callbacks import keeps_state
 from .checkpoint import CheckpointError
 from .devices import to_device
 from .engine import auto_chunk_size, make_engine, run_round
@@ -207,10 +209,19 @@ def checkpoint_state(est) -> dict:
         "progress": est._progress,
         "history": list(est.history_),
         "rng": est._rng.bit_generator.state,
+        # a callback's request_stop ends the current stage: the resumed fit must not run it on
+        "stop_requested": bool(getattr(est, "_stop_requested", False)),
+        "stop_reason": getattr(est, "stop_reason_", None),
+        "callbacks": callback_states(est),
     }
     cpu = torch.device("cpu")
+    try:
+        meta_json = json.dumps(meta, default=_json_default)
+    except TypeError as exc:
+        raise TypeError(f"A callback's state_dict() is not JSON-able ({exc}); return numbers, strings, "
+                        f"lists and dicts.") from exc
     return {
-        "meta": json.dumps(meta, default=_json_default),
+        "meta": meta_json,
         "shared": to_device(est.shared_params_, cpu),
         "personal": to_device(est.personal_params_, cpu),
         "server": {stage: opt.state_dict() for stage, opt in est._servers.items()},
@@ -231,6 +242,7 @@ def restore_checkpoint(est, state: dict) -> None:
     if meta["plan"] != est._plan:
         raise CheckpointError(f"The checkpoint belongs to the training plan {meta['plan']}, this fit's is "
                               f"{est._plan} (pretrain_rounds, n_rounds or finetune_epochs changed).")
+    restore_callbacks(est, meta.get("callbacks"))  # before anything changes: it may refuse
     est.shared_params_ = to_device(state["shared"], est.device_)
     for k, v in to_device(state["personal"], est.device_).items():
         est.personal_params_[k].copy_(v)
@@ -238,6 +250,89 @@ def restore_checkpoint(est, state: dict) -> None:
     for stage, opt_state in state["server"].items():
         est._servers[stage] = make_server_optimizer(est)
         est._servers[stage].load_state_dict(to_device(opt_state, est.device_))
-    est._progress = list(meta["progress"])
+    est._progress = stages_left(meta["plan"], meta["progress"], meta.get("stop_requested", False))
     est.history_ = History(meta["history"])
     est._rng.bit_generator.state = meta["rng"]
+    est.stop_reason_ = meta.get("stop_reason")
+
+
+def stages_left(plan, progress, stop_requested: bool) -> list:
+    """``progress`` with every stage that has ended marked done, so that the plan goes on from there.
+
+    A stage ends after its rounds or when a callback stops it early; a stage stopped early keeps
+    fewer rounds in ``progress`` than the plan has, and would otherwise run on when resumed. The
+    stages before the last one begun have ended; that one has if a stop was requested in it.
+    (Checkpoints written before ``stop_requested`` was saved restore as if none was requested.)
+
+    Examples
+    --------
+    >>> plan = [["train", 10], ["finetune", 2]]
+    >>> stages_left(plan, [4, 0], stop_requested=True)
+    [10, 0]
+    >>> stages_left(plan, [4, 1], stop_requested=False)
+    [10, 1]
+    >>> stages_left(plan, [4, 0], stop_requested=False)
+    [4, 0]
+    """
+    progress = list(progress)
+    begun = [i for i, done in enumerate(progress) if done > 0]
+    if not begun:
+        return progress
+    current = begun[-1]
+    for i in range(current + int(bool(stop_requested))):
+        progress[i] = max(progress[i], plan[i][1])
+    return progress
+
+
+def callback_states(est) -> list:
+    """Each live callback's class name and ``state_dict()`` (``None`` if it keeps none), in run order."""
+    return [{"class": type(cb).__name__, "state": cb.state_dict() if keeps_state(cb) else None}
+            for cb in getattr(est, "callbacks_", [])]
+
+
+def _by_class_rank(entries) -> dict:
+    """``{(class name, k): (position, state)}`` for the k-th callback of each class that keeps state.
+
+    Keyed by class and rank within the class, not by position alone, so that adding or removing a
+    stateless callback (a logger) between runs does not shift the others.
+    """
+    seen, out = {}, {}
+    for position, (name, state) in enumerate(entries):
+        rank = seen[name] = seen.get(name, -1) + 1
+        if state is not None:
+            out[name, rank] = (position, state)
+    return out
+
+
+def restore_callbacks(est, saved) -> None:
+    """Load the saved callback states into ``est.callbacks_``, or refuse if they do not match.
+
+    Callbacks that keep no state may differ freely between the runs; every callback that keeps
+    state, in either, must have its counterpart (same class, same rank among that class) in the
+    other. ``saved=None`` is a checkpoint from before callback state was saved: callbacks with
+    state then start afresh, with a warning.
+    """
+    callbacks = list(getattr(est, "callbacks_", []))
+    if saved is None:
+        stateful = [type(cb).__name__ for cb in callbacks if keeps_state(cb)]
+        if stateful:
+            warnings.warn(f"The checkpoint holds no callback state (written before it was saved); "
+                          f"{', '.join(stateful)} start afresh, so the resumed fit may stop at another "
+                          "round than an uninterrupted one.", UserWarning, stacklevel=2)
+        return
+    then = _by_class_rank([(entry["class"], entry["state"]) for entry in saved])
+    now = _by_class_rank([(type(cb).__name__, {} if keeps_state(cb) else None) for cb in callbacks])
+    if then.keys() != now.keys():
+        def describe(keys):
+            return ", ".join(f"{name} #{rank + 1}" for name, rank in sorted(keys)) or "none"
+
+        raise CheckpointError(
+            f"The checkpoint holds the state of callbacks {describe(then)}; this fit's callbacks with state "
+            f"are {describe(now)}. Resume with the same callbacks, or start afresh (Checkpoint(resume=False) "
+            "or another directory).")
+    for key, (position, _) in now.items():
+        try:
+            callbacks[position].load_state_dict(then[key][1])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"The checkpoint's state for callback {key[0]} #{key[1] + 1} does not fit "
+                                  f"this fit's: {exc}") from exc
