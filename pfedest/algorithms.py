@@ -52,12 +52,63 @@ class StepSizes:
 
 
 def _sgd(params: Params, grads: Params, lr) -> Params:
-    # One fused pass over the weights (p - lr * g would read and write them twice): a batched
-    # round is bound by memory traffic on the parameters, not by arithmetic. A tensor ``lr``
-    # (compiled engines pass one, so a new rate does not recompile) takes the same single pass.
-    if isinstance(lr, torch.Tensor):
-        return {k: torch.addcmul(p, grads[k], lr, value=-1) for k, p in params.items()}
+    # One fused pass over the weights (p - lr * g would read and write them twice).
     return {k: torch.sub(p, grads[k], alpha=lr) for k, p in params.items()}
+
+
+def trained_blocks(shared: Params, personal: Params, lr_shared, lr_personal) -> Tuple[int, ...]:
+    """The blocks a step trains: ``0`` (shared) and/or ``1`` (personal), those given a learning rate.
+
+    Examples
+    --------
+    >>> from pfedest.algorithms import trained_blocks
+    >>> trained_blocks({"w": 0}, {"b": 0}, None, 0.1), trained_blocks({"w": 0}, {}, 0.1, 0.1)
+    ((1,), (0,))
+    """
+    blocks = [(0, shared, lr_shared), (1, personal, lr_personal)]
+    return tuple(i for i, params, lr in blocks if lr is not None and params)
+
+
+def sgd_gradients(loss: LossFn, shared: Params, personal: Params, idx: torch.Tensor, mask: torch.Tensor,
+                  trained: Tuple[int, ...], *, clip: Optional[float] = None, personal_l2: float = 0.0,
+                  personal_anchor: Optional[Params] = None):
+    """The direction of one client's SGD step: the gradients of the ``trained`` blocks.
+
+    The L2 term of the personal block is added and the gradient of the trained blocks is clipped
+    (jointly) here, so the step itself is ``p - lr * g``; see :func:`sgd_step` for the parameters.
+
+    Returns
+    -------
+    grads : dict of int to dict
+        Block (``0`` shared, ``1`` personal) to its gradients.
+    stats : tuple of Tensor
+        The minibatch's ``(loss sum, row count)`` before the step.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pfedest.algorithms import sgd_gradients
+    >>> def loss(shared, personal, idx, mask):
+    ...     err = (shared["w"] - 3.0) ** 2
+    ...     return err, (err.detach(), mask.sum())
+    >>> grads, _ = sgd_gradients(loss, {"w": torch.zeros(())}, {}, None, torch.ones(1), (0,), clip=1.0)
+    >>> grads[0]["w"].item()  # -6 clipped to norm 1
+    -1.0
+    """
+    grads, stats = grad(loss, argnums=trained, has_aux=True)(shared, personal, idx, mask)
+    grads = dict(zip(trained, grads))
+    if personal_l2 and 1 in grads:
+        anchor = personal_anchor or {}
+        # Zero on a fully masked step (padding of a client with fewer steps): such a step must
+        # change nothing, penalty included. A product, not a branch, so that it vmaps.
+        weight = personal_l2 * (mask.sum() > 0).to(mask.dtype)
+        grads[1] = {k: g + weight * (personal[k] - anchor[k] if k in anchor else personal[k])
+                    for k, g in grads[1].items()}
+    if clip is not None:
+        squares = [(g * g).sum() for block in grads.values() for g in block.values()]
+        scale = (clip / (torch.stack(squares).sum().sqrt() + 1e-12)).clamp(max=1.0)
+        grads = {b: {k: g * scale for k, g in block.items()} for b, block in grads.items()}
+    return grads, stats
 
 
 def sgd_step(loss: LossFn, shared: Params, personal: Params, idx: torch.Tensor, mask: torch.Tensor,
@@ -101,20 +152,11 @@ def sgd_step(loss: LossFn, shared: Params, personal: Params, idx: torch.Tensor, 
     >>> u["w"].item(), v["b"].item(), loss_sum.item(), count.item()
     (0.0, 1.0, 16.0, 4.0)
     """
-    blocks = [(0, shared, lr_shared), (1, personal, lr_personal)]
-    trained = tuple(i for i, params, lr in blocks if lr is not None and params)
+    trained = trained_blocks(shared, personal, lr_shared, lr_personal)
     if not trained:
         return shared, personal, loss(shared, personal, idx, mask)[1]
-    grads, stats = grad(loss, argnums=trained, has_aux=True)(shared, personal, idx, mask)
-    grads = dict(zip(trained, grads))
-    if personal_l2 and 1 in grads:
-        anchor = personal_anchor or {}
-        grads[1] = {k: g + personal_l2 * (personal[k] - anchor[k] if k in anchor else personal[k])
-                    for k, g in grads[1].items()}
-    if clip is not None:
-        squares = [(g * g).sum() for block in grads.values() for g in block.values()]
-        scale = (clip / (torch.stack(squares).sum().sqrt() + 1e-12)).clamp(max=1.0)
-        grads = {b: {k: g * scale for k, g in block.items()} for b, block in grads.items()}
+    grads, stats = sgd_gradients(loss, shared, personal, idx, mask, trained, clip=clip,
+                                 personal_l2=personal_l2, personal_anchor=personal_anchor)
     if 0 in grads:
         shared = _sgd(shared, grads[0], lr_shared)
     if 1 in grads:

@@ -5,6 +5,8 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pfedest.algorithms import ALGORITHMS, StepSizes, fedalt, fedsim, personal_only, sgd_step
 
@@ -93,6 +95,19 @@ def test_a_fully_masked_step_changes_nothing_and_a_partial_mask_ignores_padding(
     gu, gv = by_hand_grads(0.5, -0.25, [0])
     assert u["u"].item() == pytest.approx(0.5 - 0.1 * gu)
     assert v["v"].item() == pytest.approx(-0.25 - 0.3 * gv)
+
+
+@settings(max_examples=25, deadline=None, database=None)
+@given(l2=st.floats(0.0, 5.0), clip=st.one_of(st.none(), st.floats(1e-3, 10.0)), anchor=st.floats(-2.0, 2.0),
+       lrs=st.sampled_from([(0.1, None), (None, 0.3), (0.1, 0.3)]))
+def test_a_fully_masked_step_changes_nothing_whatever_the_options(l2, clip, anchor, lrs):
+    # Padding steps of a client with fewer steps than others in its batch must be no-ops, penalty
+    # and clipping included, or the batched engine would train small clients differently.
+    shared, personal = start()
+    zero_mask = torch.zeros(2, dtype=torch.float64)
+    u, v, _ = sgd_step(quadratic_loss, shared, personal, torch.tensor([0, 1]), zero_mask, *lrs, clip=clip,
+                       personal_l2=l2, personal_anchor={"v": torch.tensor(anchor, dtype=torch.float64)})
+    assert u["u"].item() == 0.5 and v["v"].item() == -0.25
 
 
 def test_loss_totals_count_every_real_row_of_every_step():

@@ -30,9 +30,9 @@ def federation(split, seed=0):
     return module, X, y, shared, personal, offsets
 
 
-def train(algorithm, split, engine, rounds=3, per_round=4, steps=None, chunk=None, seed=0):
+def train(algorithm, split, engine, rounds=3, per_round=4, steps=None, chunk=None, seed=0, **step_options):
     module, X, y, shared, personal, offsets = federation(split)
-    runner = make_engine(engine, make_loss(module, {}, X, y), shared)
+    runner = make_engine(engine, make_loss(module, {}, X, y), shared, **step_options)
     rng = np.random.default_rng(seed)
     algo = ALGORITHMS[algorithm]
     steps = steps or {name: None for name in algo.streams}
@@ -61,6 +61,38 @@ def test_vmap_matches_the_loop_with_fixed_step_counts():
     vmapped = train("fedalt", HeadSplit(), "vmap", steps=steps)
     for k in loop[0]:
         torch.testing.assert_close(loop[0][k], vmapped[0][k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ["fedalt", "fedsim"])
+def test_vmap_matches_the_loop_with_clipping_and_a_personal_penalty(algorithm):
+    anchor = {k: torch.full_like(v[0], 0.5) for k, v in federation(HeadSplit())[4].items()}
+    options = dict(clip=0.05, personal_l2=2.0, personal_anchor=anchor)
+    loop = train(algorithm, HeadSplit(), "loop", **options)
+    vmapped = train(algorithm, HeadSplit(), "vmap", **options)
+    unclipped = train(algorithm, HeadSplit(), "loop")
+    for a, b, c in zip(loop, vmapped, unclipped):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+        assert any(not torch.allclose(a[k], c[k]) for k in a)  # the options changed the result
+
+
+@pytest.mark.parametrize("algorithm", ["fedalt", "fedsim", "personal_only"])
+def test_vmap_local_updates_leave_their_inputs_unchanged(algorithm):
+    # The batched steps update in place; what the caller passed in must keep its values.
+    module, X, y, shared, personal, offsets = federation(HeadSplit())
+    algo = ALGORITHMS[algorithm]
+    chunk = {k: v[:3].clone() for k, v in personal.items()}
+    shared_before = {k: v.clone() for k, v in shared.items()}
+    chunk_before = {k: v.clone() for k, v in chunk.items()}
+    streams = {name: tuple(torch.as_tensor(a) for a in minibatch_stream(np.random.default_rng(1), COUNTS[:3], 4, 2))
+               for name in algo.streams}
+    new_shared, new_personal, _ = make_engine("vmap", make_loss(module, {}, X, y), shared).local_updates(
+        algo, shared, chunk, streams, StepSizes(0.5, 0.5))
+    for k in shared:
+        assert torch.equal(shared[k], shared_before[k])
+    for k in chunk:
+        assert torch.equal(chunk[k], chunk_before[k])
+        assert not torch.equal(new_personal[k], chunk[k])
 
 
 def test_split_none_is_fedavg():
