@@ -109,7 +109,10 @@ class EvaluateClients(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop training when ``monitor`` has not improved for ``patience`` evaluations.
+    """Stop the current stage when ``monitor`` has not improved for ``patience`` evaluations.
+
+    Each stage of the plan (pre-training, training, fine-tuning) is watched on its own: its first
+    evaluation starts a fresh best and wait, so a stop in training does not cut fine-tuning short.
 
     Parameters
     ----------
@@ -140,11 +143,20 @@ class EarlyStopping(Callback):
     def on_train_begin(self, estimator):
         if self.mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {self.mode!r}")
+        self._start_stage(None)
+
+    def _start_stage(self, stage):
         self.best_ = -math.inf if self.mode == "max" else math.inf
         self.best_round_ = None
         self.waited_ = 0
+        # None: whatever stage the next record has (a fresh start, or a state saved before stages were)
+        self.stage_ = stage
 
     def on_round_end(self, estimator, record):
+        stage = record.get("stage")
+        if self.stage_ is not None and stage != self.stage_:
+            self._start_stage(stage)
+        self.stage_ = stage
         value = record.get(self.monitor)
         if value is None or math.isnan(value):
             return
@@ -158,7 +170,7 @@ class EarlyStopping(Callback):
                                    f"(best {self.best_:.4g} in round {self.best_round_}).")
 
     def state_dict(self) -> dict:
-        """The best value, its round and the evaluations waited since (empty before training).
+        """The stage, its best value and round, and the evaluations waited since (empty before training).
 
         Examples
         --------
@@ -179,7 +191,7 @@ class EarlyStopping(Callback):
             return {}
         # monitor and mode say what best means; load_state_dict checks them
         return {"monitor": self.monitor, "mode": self.mode, "best": float(self.best_),
-                "best_round": self.best_round_, "waited": self.waited_}
+                "best_round": self.best_round_, "waited": self.waited_, "stage": self.stage_}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state_dict()``; refuse one that tracked another value or direction."""
@@ -189,6 +201,8 @@ class EarlyStopping(Callback):
             raise ValueError(f"The saved EarlyStopping state tracks monitor={state['monitor']!r}, "
                              f"mode={state['mode']!r}; this one monitor={self.monitor!r}, mode={self.mode!r}.")
         self.best_, self.best_round_, self.waited_ = state["best"], state["best_round"], state["waited"]
+        # a state saved before the stage was goes on in the stage of the next record, as it then did
+        self.stage_ = state.get("stage")
 
 
 class Checkpoint(Callback):
@@ -199,8 +213,10 @@ class Checkpoint(Callback):
     was never interrupted. Broken files (truncated, corrupted) are skipped for the previous good one.
     The other callbacks' ``state_dict()`` is saved too (an :class:`EarlyStopping`'s best score and
     wait) and restored after their ``on_train_begin``, so a resumed run stops where the uninterrupted
-    one does; a checkpoint whose callbacks with state differ from this fit's is refused. Checkpoint
-    runs after the other callbacks (``run_last``); one that keeps state must not run after it.
+    one does; a checkpoint whose callbacks with state differ from this fit's is refused, and so is
+    one written with other training settings (``lr``, ``algorithm``, ``weighting``, ...; not
+    ``engine``, ``device`` or ``verbose``). The estimator runs Checkpoint after every other callback,
+    wherever it is listed, so that it saves their state of the round.
 
     Parameters
     ----------
@@ -241,10 +257,12 @@ class Checkpoint(Callback):
         Path(self.directory).mkdir(parents=True, exist_ok=True)
         # A callback after this one would update its state after the save of each round, and its
         # on_train_begin would reset it after the restore: its checkpointed state would be wrong.
+        # The estimator runs Checkpoint last; this catches another Checkpoint (a subclass with
+        # state) after this one, or callbacks ordered by other code.
         later = [type(cb).__name__ for cb in _callbacks_after(estimator, self) if keeps_state(cb)]
         if later:
             raise ValueError(f"Checkpoint must run after every callback that keeps state, but {', '.join(later)} "
-                             "runs after it (both run last): list Checkpoint after them.")
+                             "runs after it: run Checkpoint last.")
         self.resumed_from_ = None
         if self.resume:
             found = latest_checkpoint(self.directory)

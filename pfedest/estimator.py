@@ -15,6 +15,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from .callbacks import Checkpoint
 from .devices import resolve_device, to_device
 from .engine import ENGINES, bytes_per_client, choose_engine
 from .history import History
@@ -275,7 +276,9 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         plan = ([["pretrain", self.pretrain_rounds]] if self.pretrain_rounds and not resume else []) \
             + [["train", self.n_rounds]] + ([["finetune", self.finetune_epochs]] if self.finetune_epochs else [])
         callbacks = [clone(cb) for cb in (self.callbacks or [])]
-        self.callbacks_ = sorted(callbacks, key=lambda cb: getattr(cb, "run_last", False))
+        # Checkpoint after every other callback, run_last ones too: it saves their state of the round
+        self.callbacks_ = sorted(callbacks, key=lambda cb: (bool(getattr(cb, "run_last", False)),
+                                                            isinstance(cb, Checkpoint)))
         run_plan(self, plan, client_data(self, X, codes, rows), self.callbacks_)
         return self
 

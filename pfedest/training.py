@@ -14,6 +14,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -192,6 +193,100 @@ def make_server_optimizer(est) -> ServerOptimizer:
 # ---------------------------------------------------------- checkpoints
 
 
+#: The estimator parameters that decide what a fit computes: a checkpoint records them, and a fit
+#: resumed with any of them changed would end with parameters no uninterrupted run gives, so it is
+#: refused. ``hidden_layer_sizes`` counts only when it builds the network (``module=None``).
+SETTINGS = ("module", "hidden_layer_sizes", "split", "algorithm", "clients_per_round", "personal_steps",
+            "shared_steps", "lr", "personal_lr", "batch_size", "server_lr", "server_optimizer", "server_momentum",
+            "weighting", "lr_schedule", "clip_grad_norm", "personal_l2", "personal_l2_target", "random_state")
+#: The others, not compared. ``n_rounds``, ``pretrain_rounds`` and ``finetune_epochs`` make the plan,
+#: which is checked on its own. ``engine``, ``device``, ``max_clients_per_batch`` and ``compile``
+#: compute the same rounds to float tolerance: a run may move from loop to vmap or CPU to GPU when
+#: resumed. ``callbacks`` are checked through their state; ``verbose``, ``warm_start`` and
+#: ``unseen_clients`` (predict only) do not touch the parameters.
+NOT_SETTINGS = ("n_rounds", "pretrain_rounds", "finetune_epochs", "engine", "device", "max_clients_per_batch",
+                "compile", "callbacks", "verbose", "warm_start", "unseen_clients")
+
+
+def describe_setting(value):
+    """A JSON-able description of a parameter value that is the same in every process.
+
+    Numbers, strings and lists stand for themselves (an int and a float stay apart:
+    ``clients_per_round=1`` is one client, ``1.0`` all of them); a scikit-learn style object (a
+    split, a schedule) is its class and parameters. A module instance is only its class: its repr
+    prints whatever a custom ``extra_repr`` chooses, its shapes are checked by the signature and its
+    weights are the checkpoint's. A function, class or lambda is its module and qualified name (a
+    lambda's code is not comparable); any other object only its type's name (its repr may hold an
+    address).
+
+    Examples
+    --------
+    >>> from pfedest.schedules import StepLR
+    >>> describe_setting(StepLR(step_rounds=5)), describe_setting((64, 64)), describe_setting(1.0)
+    ('StepLR(gamma=0.5, step_rounds=5)', [64, 64], 1.0)
+    >>> describe_setting(torch.nn.Linear(2, 3)), describe_setting(lambda r, n: 1.0)
+    ('torch.nn.modules.linear.Linear instance', 'pfedest.training.<lambda>')
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [describe_setting(v) for v in value]
+    if isinstance(value, torch.nn.Module):
+        return f"{_qualified_name(type(value))} instance"
+    if isinstance(value, BaseEstimator):
+        params = value.get_params(deep=False)
+        return f"{type(value).__name__}({', '.join(f'{k}={describe_setting(v)!r}' for k, v in params.items())})"
+    if callable(value) and hasattr(value, "__qualname__"):
+        return _qualified_name(value)
+    return type(value).__name__
+
+
+def _qualified_name(obj) -> str:
+    module = getattr(obj, "__module__", None)
+    return f"{module}.{obj.__qualname__}" if module else obj.__qualname__
+
+
+def training_settings(est) -> dict:
+    """The described :data:`SETTINGS` of ``est``, split and schedule as the fit resolves them.
+
+    ``split="head"`` and ``split=HeadSplit()`` (or ``lr_schedule="step"`` and ``StepLR()``) train
+    alike, so they are described alike.
+    """
+    params = est.get_params(deep=False)
+    params["split"] = make_split(params["split"])
+    params["lr_schedule"] = make_schedule(params["lr_schedule"])
+    if params["module"] is not None:
+        params["hidden_layer_sizes"] = None  # unused: the module gives the network
+    return {name: describe_setting(params[name]) for name in SETTINGS}
+
+
+def check_settings(saved, est) -> None:
+    """Refuse to resume with :data:`SETTINGS` other than the checkpoint's, naming each that differs.
+
+    ``saved=None`` is a checkpoint from before the settings were recorded: nothing to compare, so
+    it resumes with a warning.
+    """
+    if saved is None:
+        warnings.warn("The checkpoint does not record the training settings (written before they were saved), "
+                      "so they are not checked: resume with the settings of the fit that wrote it.",
+                      UserWarning, stacklevel=3)
+        return
+    now = json.loads(json.dumps(training_settings(est), default=_json_default))
+    # compared as JSON text, so that 1 and 1.0 (one client, all clients) differ
+    changed = [name for name in sorted(set(saved) | set(now))
+               if json.dumps(saved.get(name)) != json.dumps(now.get(name))]
+    if changed:
+        details = "; ".join(f"{name}={saved.get(name)!r} in the checkpoint, {now.get(name)!r} in this fit"
+                            for name in changed)
+        raise CheckpointError(f"The checkpoint was written by a fit with other settings: {details}. Resume with "
+                              "the checkpoint's settings, or start afresh (Checkpoint(resume=False) or another "
+                              "directory).")
+
+
 def signature(est) -> dict:
     shapes = {k: list(v.shape) for k, v in est.shared_params_.items()}
     shapes.update({k: ["clients", *v.shape[1:]] for k, v in est.personal_params_.items()})
@@ -213,6 +308,7 @@ def checkpoint_state(est) -> dict:
         "stop_requested": bool(getattr(est, "_stop_requested", False)),
         "stop_reason": getattr(est, "stop_reason_", None),
         "callbacks": callback_states(est),
+        "settings": training_settings(est),
     }
     cpu = torch.device("cpu")
     try:
@@ -224,6 +320,8 @@ def checkpoint_state(est) -> dict:
         "meta": meta_json,
         "shared": to_device(est.shared_params_, cpu),
         "personal": to_device(est.personal_params_, cpu),
+        # personal_l2_target="init" pulls towards it; without a seed a new fit would draw another
+        "personal_init": to_device(est._personal_init, cpu),
         "server": {stage: opt.state_dict() for stage, opt in est._servers.items()},
     }
 
@@ -242,10 +340,13 @@ def restore_checkpoint(est, state: dict) -> None:
     if meta["plan"] != est._plan:
         raise CheckpointError(f"The checkpoint belongs to the training plan {meta['plan']}, this fit's is "
                               f"{est._plan} (pretrain_rounds, n_rounds or finetune_epochs changed).")
+    check_settings(meta.get("settings"), est)
     restore_callbacks(est, meta.get("callbacks"))  # before anything changes: it may refuse
     est.shared_params_ = to_device(state["shared"], est.device_)
     for k, v in to_device(state["personal"], est.device_).items():
         est.personal_params_[k].copy_(v)
+    if "personal_init" in state:  # older checkpoints: the seeded fit draws the same again
+        est._personal_init = to_device(state["personal_init"], est.device_)
     est._servers = {}
     for stage, opt_state in state["server"].items():
         est._servers[stage] = make_server_optimizer(est)

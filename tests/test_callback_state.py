@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -117,12 +118,23 @@ def test_a_resumed_fit_stops_at_the_same_round_with_the_same_model(federated, re
     assert counter.count_ == reference.callbacks_[-2].count_ == len(reference.history_)
 
 
-def test_a_callback_with_state_after_checkpoint_is_refused(federated, tmp_path):
-    # it would update its state after each save, and reset it after the restore
+def test_a_callback_with_state_listed_after_checkpoint_runs_before_it(federated, tmp_path):
+    # after Checkpoint, it would update its state after each save, and reset it after the restore
     X, y, c = federated
-    est = PartialPersonalizedClassifier(**PARAMS, callbacks=[Checkpoint(tmp_path), CountRounds()])
+    params = {**PARAMS, "n_rounds": 3, "finetune_epochs": 0}
+    est = PartialPersonalizedClassifier(**params, callbacks=[Checkpoint(tmp_path, every=1), CountRounds()])
+    est.fit(X, y, client_ids=c)
+    assert [type(cb) for cb in est.callbacks_] == [CountRounds, Checkpoint]
+    meta = json.loads(load_checkpoint(list_checkpoints(tmp_path)[0])["meta"])
+    assert meta["callbacks"][0]["state"] == {"count": 3}  # the saved round's own count
+
+
+def test_checkpoint_refuses_to_run_before_a_callback_with_state(tmp_path):
+    # the estimator never orders them so; other code driving the callbacks might
+    checkpoint = Checkpoint(tmp_path)
+    driver = SimpleNamespace(callbacks_=[checkpoint, CountRounds()])
     with pytest.raises(ValueError, match="CountRounds runs after it"):
-        est.fit(X, y, client_ids=c)
+        checkpoint.on_train_begin(driver)
 
 
 def test_the_checkpoint_holds_early_stoppings_state(federated, reference, tmp_path):
@@ -228,3 +240,60 @@ def test_early_stopping_split_by_a_state_round_trip_decides_as_one_run(values, s
     second.load_state_dict(json.loads(json.dumps(first.state_dict())))  # as a checkpoint stores it
     assert stops_first + feed(second, values[split:], first_round=split + 1) == stops
     assert second.state_dict() == json.loads(json.dumps(whole.state_dict()))
+
+
+class Scripted(Callback):
+    """Writes ``score`` into each record: ``scores[stage][k]`` in the k-th round of that stage."""
+
+    def __init__(self, scores=None):
+        self.scores = scores
+
+    def on_round_end(self, estimator, record):
+        k = estimator.history_[:, "stage"].count(record["stage"]) - 1
+        record["score"] = self.scores[record["stage"]][k]
+
+
+# training: best in its first round, stopped after 2 more; fine-tuning: worse than training's best
+# throughout, best in its first round, stopped after 2 more of its 6 epochs
+SCORES = {"train": [1.0, 0.5, 0.5, 0.5, 0.5, 0.5], "finetune": [0.5, 0.4, 0.3, 0.2, 0.1, 0.0]}
+STAGED = dict(n_rounds=6, finetune_epochs=6, clients_per_round=3, hidden_layer_sizes=(4,), random_state=0)
+
+
+def staged_callbacks(*extra):
+    return [Scripted(SCORES), EarlyStopping(monitor="score", patience=2), *extra]
+
+
+def test_early_stopping_starts_afresh_in_each_stage(federated):
+    X, y, c = federated
+    est = PartialPersonalizedClassifier(**STAGED, callbacks=staged_callbacks()).fit(X, y, client_ids=c)
+    assert est.history_[:, "stage"] == ["train"] * 3 + ["finetune"] * 3
+    stopper = est.callbacks_[1]
+    assert (stopper.stage_, stopper.best_, stopper.best_round_, stopper.waited_) == ("finetune", 0.5, 4, 2)
+    assert "best 0.5 in round 4" in est.stop_reason_
+
+
+@pytest.mark.parametrize("crash", [4, 5])
+def test_early_stopping_per_stage_resumes_across_the_stage_boundary(federated, tmp_path, crash):
+    # crash=4 resumes from the checkpoint of training's stopped last round, 5 from inside fine-tuning
+    X, y, c = federated
+    reference = PartialPersonalizedClassifier(**STAGED, callbacks=staged_callbacks()).fit(X, y, client_ids=c)
+    crashing = PartialPersonalizedClassifier(**STAGED, callbacks=staged_callbacks(Checkpoint(tmp_path, every=1),
+                                                                                  CrashAt(crash)))
+    with pytest.raises(KeyboardInterrupt):
+        crashing.fit(X, y, client_ids=c)
+    resumed = PartialPersonalizedClassifier(**STAGED, callbacks=staged_callbacks(Checkpoint(tmp_path, every=1)))
+    resumed.fit(X, y, client_ids=c)
+    assert resumed.callbacks_[-1].resumed_from_.endswith(f"round-{crash - 1:06d}.ckpt")
+    assert_same_fit(reference, resumed)
+    assert resumed.callbacks_[1].state_dict() == reference.callbacks_[1].state_dict()
+
+
+def test_an_early_stopping_state_saved_without_its_stage_goes_on_in_the_next_records_stage():
+    stopper = EarlyStopping(monitor="score", patience=2)
+    stopper.on_train_begin(None)
+    stopper.load_state_dict({"monitor": "score", "mode": "max", "best": 1.0, "best_round": 3, "waited": 1})
+    est = FakeEstimator()
+    stopper.on_round_end(est, {"round": 5, "stage": "train", "score": 0.5})
+    assert (stopper.stage_, stopper.waited_, len(est.stops)) == ("train", 2, 1)
+    stopper.on_round_end(est, {"round": 6, "stage": "finetune", "score": 0.5})
+    assert (stopper.stage_, stopper.best_, stopper.best_round_, stopper.waited_) == ("finetune", 0.5, 6, 0)

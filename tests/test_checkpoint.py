@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,9 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from pfedest import Callback, Checkpoint, PartialPersonalizedClassifier
+from pfedest import Callback, Checkpoint, HeadSplit, PartialPersonalizedClassifier
 from pfedest.checkpoint import (MAGIC, CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                 save_checkpoint)
+from pfedest.modules import MLP
+from pfedest.schedules import ConstantLR
+from pfedest.training import NOT_SETTINGS, SETTINGS, describe_setting, training_settings
 
 PARAMS = dict(n_rounds=6, clients_per_round=3, pretrain_rounds=2, finetune_epochs=1, server_optimizer="adam",
               server_lr=0.01, random_state=0)
@@ -153,3 +157,115 @@ def test_keep_limits_the_number_of_files(federated, tmp_path):
     PartialPersonalizedClassifier(**PARAMS, callbacks=[Checkpoint(tmp_path, every=1, keep=2)]).fit(
         X, y, client_ids=c)
     assert len(list_checkpoints(tmp_path)) == 2
+
+
+@pytest.fixture(scope="module")
+def crashed(federated, tmp_path_factory):
+    """A folder with the checkpoints of a PARAMS fit killed in round 5 (the newest: round 4)."""
+    directory = tmp_path_factory.mktemp("crashed")
+    X, y, c = federated
+    with pytest.raises(KeyboardInterrupt):
+        PartialPersonalizedClassifier(**PARAMS, callbacks=[Checkpoint(directory, every=2), CrashAt(5)]).fit(
+            X, y, client_ids=c)
+    return directory
+
+
+def copy_of(directory, tmp_path):
+    """A copy to resume from: a resumed fit writes its own checkpoints there."""
+    return shutil.copytree(directory, tmp_path / "copy")
+
+
+def resume(federated, directory, **changed):
+    X, y, c = federated
+    est = PartialPersonalizedClassifier(**{**PARAMS, **changed}, callbacks=[Checkpoint(directory, every=2)])
+    return est.fit(X, y, client_ids=c)
+
+
+@pytest.mark.parametrize("changed, shown", [
+    ({"lr": 0.05}, ["lr=0.1 in the checkpoint, 0.05 in this fit"]),
+    ({"weighting": "uniform"}, ["weighting='samples' in the checkpoint, 'uniform' in this fit"]),
+    ({"algorithm": "fedsim"}, ["algorithm='fedalt' in the checkpoint, 'fedsim' in this fit"]),
+    ({"server_momentum": 0.5, "lr_schedule": "step", "random_state": 1, "batch_size": 8, "clip_grad_norm": 1.0},
+     ["batch_size=32 in the checkpoint, 8 in this fit", "clip_grad_norm=None in the checkpoint, 1.0 in this fit",
+      "lr_schedule='ConstantLR()' in the checkpoint, 'StepLR(gamma=0.5, step_rounds=10)' in this fit",
+      "random_state=0 in the checkpoint, 1 in this fit", "server_momentum=0.0 in the checkpoint, 0.5 in this fit"]),
+])
+def test_resuming_with_other_settings_is_refused_naming_each(federated, crashed, tmp_path, changed, shown):
+    with pytest.raises(CheckpointError, match="other settings") as refused:
+        resume(federated, copy_of(crashed, tmp_path), **changed)
+    message = str(refused.value)
+    for text in shown:
+        assert text in message
+    assert message.count(" in the checkpoint, ") == len(shown)  # only what changed
+    assert "Checkpoint(resume=False) or another directory" in message
+
+
+def test_resuming_on_another_engine_device_or_verbosity_is_accepted(federated, crashed, tmp_path):
+    X, y, c = federated
+    reference = PartialPersonalizedClassifier(**PARAMS).fit(X, y, client_ids=c)
+    assert reference.engine_ == "vmap"
+    # the same mathematics, also where the split and schedule are spelled as objects
+    resumed = resume(federated, copy_of(crashed, tmp_path), engine="loop", device="cpu", verbose=1,
+                     max_clients_per_batch=2, split=HeadSplit(), lr_schedule=ConstantLR())
+    assert resumed.callbacks_[0].resumed_from_.endswith("round-000004.ckpt")
+    assert resumed.engine_ == "loop"
+    for k, v in reference.shared_params_.items():
+        torch.testing.assert_close(resumed.shared_params_[k], v, rtol=1e-4, atol=1e-5)
+    for k, v in reference.personal_params_.items():
+        torch.testing.assert_close(resumed.personal_params_[k], v, rtol=1e-4, atol=1e-5)
+    assert resumed.history_[:, "clients"] == reference.history_[:, "clients"]
+
+
+def test_a_checkpoint_without_settings_still_resumes(federated, crashed, tmp_path):
+    X, y, c = federated
+    reference = PartialPersonalizedClassifier(**PARAMS).fit(X, y, client_ids=c)
+    directory = copy_of(crashed, tmp_path)
+    newest = list_checkpoints(directory)[0]
+    state = load_checkpoint(newest)
+    meta = json.loads(state.pop("meta"))
+    del meta["settings"]
+    del state["personal_init"]  # also written since
+    save_checkpoint({**state, "meta": json.dumps(meta)}, newest)
+    with pytest.warns(UserWarning, match="does not record the training settings"):
+        resumed = resume(federated, directory)
+    assert resumed.callbacks_[0].resumed_from_ == str(newest)
+    same_model(reference, resumed)
+
+
+def test_the_personal_anchor_of_an_unseeded_fit_is_restored(federated, tmp_path):
+    # personal_l2_target="init" pulls towards the first personal part, drawn anew by an unseeded fit
+    X, y, c = federated
+    params = {**PARAMS, "random_state": None, "personal_l2": 1.0, "personal_l2_target": "init"}
+    crashing = PartialPersonalizedClassifier(**params, callbacks=[Checkpoint(tmp_path, every=2), CrashAt(5)])
+    with pytest.raises(KeyboardInterrupt):
+        crashing.fit(X, y, client_ids=c)
+    resumed = PartialPersonalizedClassifier(**params, callbacks=[Checkpoint(tmp_path, every=2)]).fit(
+        X, y, client_ids=c)
+    assert resumed.callbacks_[0].resumed_from_ is not None
+    for k, v in crashing._personal_init.items():
+        assert torch.equal(resumed._personal_init[k], v), k
+
+
+def test_every_estimator_parameter_is_a_setting_or_said_not_to_be():
+    # a new parameter must be sorted into one of the two, or resumes would ignore it silently
+    params = set(PartialPersonalizedClassifier().get_params(deep=False))
+    assert params == set(SETTINGS) | set(NOT_SETTINGS)
+    assert not set(SETTINGS) & set(NOT_SETTINGS)
+
+
+def test_settings_are_described_the_same_in_every_process():
+    def make():  # new objects each time, as a resumed process builds them
+        return PartialPersonalizedClassifier(module=MLP(5, 3, (4,)), split=lambda name, p: "2" in name,
+                                             lr_schedule=lambda r, n: 0.5, hidden_layer_sizes=(7,),
+                                             random_state=np.random.RandomState(0), clients_per_round=1.0)
+
+    settings = training_settings(make())
+    assert json.dumps(settings) == json.dumps(training_settings(make()))
+    assert "0x" not in json.dumps(settings)  # no memory address
+    assert settings["module"] == "pfedest.modules.MLP instance"
+    assert settings["split"].startswith("FunctionSplit(func='") and settings["split"].endswith("<lambda>')")
+    assert settings["lr_schedule"].endswith("<lambda>")
+    assert settings["hidden_layer_sizes"] is None  # unused with a module
+    assert settings["random_state"] == "RandomState"
+    # one client, or all of them: the same number, not the same setting
+    assert json.dumps(describe_setting(1)) != json.dumps(describe_setting(1.0))
