@@ -104,9 +104,10 @@ def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params
         return engine
     if blockers:
         return "loop"
-    # On CPUs batching stops paying off once the arithmetic dominates. Measured with the estimator
-    # on 2 cores (20 clients a round, MLPs on 160 inputs): vmap 2.0-2.9x faster than the loop at
-    # 108k parameters, 1.35-1.95x at 348k, 0.72-0.93x at 1.2M. On GPUs it always pays.
+    # On CPUs batching stops paying off once the arithmetic dominates. Measured on 2 cores, 1 and 2
+    # threads: with the estimator (20 clients a round, MLPs on 160 inputs) vmap was 1.2-1.6x faster
+    # than the loop at 108k parameters, 0.99-1.09x at 348k, 0.68-0.88x at 1.2M; with 100 clients a
+    # round (bench_engine.py) 1.5x at 300k. On GPUs it always pays.
     if device.type == "cpu" and n_params > CPU_VMAP_MAX_PARAMS:
         return "loop"
     return "vmap"
