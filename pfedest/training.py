@@ -134,6 +134,8 @@ def stage_runner(est, stage: str, data: ClientData):
             for k, v in est.personal_params_.items():
                 if together:
                     v.copy_(new_shared[k].expand_as(v))
+                    # personalization starts from here: the anchor of personal_l2_target="init"
+                    est._personal_init[k] = new_shared[k].clone()
             return {k: v for k, v in new_shared.items() if k in est.shared_params_}
 
         merge = merge_pretrained

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.base import clone
 
-from pfedest import EarlyStopping, EvaluateClients, PartialPersonalizedClassifier
+from pfedest import Callback, EarlyStopping, EvaluateClients, PartialPersonalizedClassifier
 from pfedest.schedules import LinearLR, StepLR
 
 FAST = dict(n_rounds=3, clients_per_round=6, random_state=0)
@@ -25,15 +25,26 @@ def test_pretraining_then_personalization_then_finetuning_in_order(federated):
     assert est.history_[-1, "bytes_up"] == 0  # fine-tuning sends nothing
 
 
+class PersonalAtTrainStart(Callback):
+    """Copies the personal parameters before pre-training and when the first training round begins."""
+
+    def on_train_begin(self, estimator):
+        self.drawn_ = {k: v.clone() for k, v in estimator.personal_params_.items()}
+
+    def on_round_begin(self, estimator, round_number, stage):
+        if stage == "train" and not hasattr(self, "personal_"):
+            self.personal_ = {k: v.clone() for k, v in estimator.personal_params_.items()}
+
+
 def test_pretraining_trains_the_personal_part_as_shared(federated):
-    est = fit(federated, pretrain_rounds=2, n_rounds=1, clients_per_round=1)
+    est = fit(federated, pretrain_rounds=2, n_rounds=1, clients_per_round=1, callbacks=[PersonalAtTrainStart()])
     # only one client trained in the single personalization round; the others hold the
     # pre-trained head, identical across them and different from the initial head
     trained = est.history_[-1, "clients"][0]
     others = [i for i, c in enumerate(est.clients_) if c != trained]
     for k, v in est.personal_params_.items():
         assert all(torch.equal(v[i], v[others[0]]) for i in others)
-        assert not torch.equal(v[others[0]], est._personal_init[k])
+        assert not torch.equal(v[others[0]], est.callbacks_[0].drawn_[k][0])
 
 
 def test_pretraining_leaves_adapters_at_the_identity(federated):
@@ -86,6 +97,19 @@ def test_personal_l2_towards_init_keeps_the_personal_part_close(federated):
     held = fit(federated, lr=0.3, personal_l2=3.0, personal_l2_target="init")
     distance = lambda est: sum(float((v - est._personal_init[k]).norm()) for k, v in est.personal_params_.items())
     assert distance(held) < 0.7 * distance(free)
+
+
+def test_personal_l2_towards_init_means_the_start_of_personalization_after_pretraining(federated):
+    # After FedAvg pre-training the head is the pre-trained one; "init" must pull towards it, not
+    # back towards the random weights drawn before pre-training.
+    # personal_lr * personal_l2 = 1: each personal step lands near the anchor (minus 0.02 x the loss gradient)
+    est = fit(federated, n_rounds=2, pretrain_rounds=5, lr=0.1, personal_lr=0.02, personal_l2=50.0,
+              personal_l2_target="init", callbacks=[PersonalAtTrainStart()])
+    start, drawn = est.callbacks_[0].personal_, est.callbacks_[0].drawn_
+    for k, v in est.personal_params_.items():
+        to_start = float((v - start[k]).norm())
+        assert to_start < 0.5 * float((start[k] - drawn[k]).norm())
+        assert to_start < 0.5 * float((v - drawn[k]).norm())
 
 
 def test_evaluate_clients_writes_every_clients_scores_into_history(federated):
