@@ -12,18 +12,9 @@ from hypothesis import strategies as st
 from pfedest import Callback, Checkpoint, EarlyStopping, EvaluateClients, PartialPersonalizedClassifier
 from pfedest.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 
+from test_checkpoint import CrashAt  # raises at the end of a round, before Checkpoint (run last) saves it
+
 PARAMS = dict(n_rounds=30, clients_per_round=3, hidden_layer_sizes=(16,), finetune_epochs=2, random_state=0)
-
-
-class CrashAt(Callback):
-    """Raises at the end of a round, before Checkpoint (which runs last) could save that round."""
-
-    def __init__(self, round_number=0):
-        self.round_number = round_number
-
-    def on_round_end(self, estimator, record):
-        if record["round"] == self.round_number:
-            raise KeyboardInterrupt("simulated crash")
 
 
 class RecordWait(Callback):
