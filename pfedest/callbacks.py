@@ -250,7 +250,7 @@ class Checkpoint(Callback):
         self.resume = resume
 
     def on_train_begin(self, estimator):
-        from .training import restore_checkpoint
+        from .resume import restore_checkpoint
 
         if self.directory is None:
             raise ValueError("Checkpoint needs a directory.")
@@ -277,7 +277,7 @@ class Checkpoint(Callback):
 
     def save(self, estimator, round_number: int) -> Path:
         """Write a checkpoint of ``estimator`` now, and drop all but the ``keep`` newest."""
-        from .training import checkpoint_state
+        from .resume import checkpoint_state
 
         path = save_checkpoint(checkpoint_state(estimator), checkpoint_path(self.directory, round_number))
         for old in list_checkpoints(self.directory)[max(self.keep, 1):]:

@@ -19,7 +19,7 @@ from pfedest.checkpoint import (MAGIC, CheckpointError, latest_checkpoint, list_
                                 save_checkpoint)
 from pfedest.modules import MLP
 from pfedest.schedules import ConstantLR
-from pfedest.training import NOT_SETTINGS, SETTINGS, describe_setting, training_settings
+from pfedest.resume import NOT_SETTINGS, SETTINGS, describe_setting, training_settings
 
 PARAMS = dict(n_rounds=6, clients_per_round=3, pretrain_rounds=2, finetune_epochs=1, server_optimizer="adam",
               server_lr=0.01, random_state=0)
