@@ -9,6 +9,7 @@ the server optimizers and the callbacks' state, so the fit ends as an uninterrup
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from numbers import Integral, Real
@@ -149,6 +150,7 @@ def checkpoint_state(est) -> dict:
         "stop_reason": getattr(est, "stop_reason_", None),
         "callbacks": callback_states(est),
         "settings": training_settings(est),
+        "data": data_signature(est),
     }
     cpu = torch.device("cpu")
     try:
@@ -166,6 +168,37 @@ def checkpoint_state(est) -> dict:
     }
 
 
+def data_signature(est) -> dict:
+    """Each client's row count and a SHA-256 digest of the fit's rows and labels (computed once a fit).
+
+    A resumed fit must see the data the checkpoint was trained on: the same clients with other rows
+    would continue a different run.
+    """
+    if est._fit_data_signature is None:
+        data = est._fit_data
+        digest = hashlib.sha256()
+        for tensor in (data.X, data.y):
+            array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.tobytes())
+        est._fit_data_signature = {"counts": np.asarray(data.counts).tolist(), "sha256": digest.hexdigest()}
+    return est._fit_data_signature
+
+
+def check_data(saved, est) -> None:
+    """Refuse to resume on other rows than the checkpoint's, naming the clients whose row counts differ."""
+    if saved is None:
+        return
+    now = data_signature(est)
+    if saved == now:
+        return
+    changed = [str(client) for client, a, b in zip(est.clients_.tolist(), saved["counts"], now["counts"]) if a != b]
+    what = (f"other row counts for clients {', '.join(changed[:10])}{' ...' if len(changed) > 10 else ''}"
+            if changed else "the same row counts but other values")
+    raise CheckpointError(f"The checkpoint was written for other training data ({what}). Resume on the data "
+                          "it was trained on, or start afresh (Checkpoint(resume=False) or another directory).")
+
+
 def restore_checkpoint(est, state: dict) -> None:
     """Continue from a checkpoint of this same run, or refuse it with the reason."""
     meta = json.loads(state["meta"])
@@ -180,6 +213,7 @@ def restore_checkpoint(est, state: dict) -> None:
     if meta["plan"] != est._plan:
         raise CheckpointError(f"The checkpoint belongs to the training plan {meta['plan']}, this fit's is "
                               f"{est._plan} (pretrain_rounds, n_rounds or finetune_epochs changed).")
+    check_data(meta.get("data"), est)  # older checkpoints hold no data signature: nothing to compare
     check_settings(meta.get("settings"), est)
     restore_callbacks(est, meta.get("callbacks"))  # before anything changes: it may refuse
     est.shared_params_ = to_device(state["shared"], est.device_)

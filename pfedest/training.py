@@ -72,6 +72,14 @@ def run_plan(est, plan, data: ClientData, callbacks) -> None:
     ``on_train_begin`` sets it, and the plan continues from there.
     """
     est._plan, est._progress, est.stop_reason_ = plan, [0] * len(plan), None
+    est._fit_data, est._fit_data_signature = data, None  # for checkpoints; dropped after the fit
+    try:
+        _run_stages(est, plan, data, callbacks)
+    finally:
+        del est._fit_data, est._fit_data_signature
+
+
+def _run_stages(est, plan, data: ClientData, callbacks) -> None:
     for cb in callbacks:
         cb.on_train_begin(est)
     bar = tqdm(total=sum(n for _, n in plan), initial=sum(est._progress), desc=plan[-1][0],

@@ -200,6 +200,18 @@ def test_resuming_with_other_settings_is_refused_naming_each(federated, crashed,
     assert "Checkpoint(resume=False) or another directory" in message
 
 
+def test_resuming_on_other_rows_is_refused(federated, crashed, tmp_path):
+    X, y, c = federated
+    changed = X.copy()
+    changed[7, 2] += 1.0
+    with pytest.raises(CheckpointError, match="same row counts but other values"):
+        resume((changed, y, c), copy_of(crashed, tmp_path / "values"))
+    dropped = np.flatnonzero(c == c[0])[0]  # one row fewer for the first row's client
+    keep = np.arange(len(y)) != dropped
+    with pytest.raises(CheckpointError, match=rf"other row counts for clients {c[0]}\)"):
+        resume((X[keep], y[keep], c[keep]), copy_of(crashed, tmp_path / "counts"))
+
+
 def test_resuming_on_another_engine_device_or_verbosity_is_accepted(federated, crashed, tmp_path):
     X, y, c = federated
     reference = PartialPersonalizedClassifier(**PARAMS).fit(X, y, client_ids=c)
