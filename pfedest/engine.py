@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from .algorithms import Algorithm, Params, StepSizes, sgd_gradients, sgd_step, trained_blocks
+from .algorithms import Algorithm, Params, StepSizes, _sgd, sgd_gradients, sgd_step, trained_blocks
 from .sampling import minibatch_stream
 from .server import ServerOptimizer, WeightedAverage
 
@@ -247,14 +247,15 @@ class VmapEngine:
         """
         trained = trained_blocks(shared, personal, lr_shared, lr_personal)
         batched = self._batched(shared)
+        out = self._batched_fn(batched, trained)(shared, personal, idx, mask)
         if not trained:
-            return shared, personal, self._batched_fn(batched, trained)(shared, personal, idx, mask)
-        grads, stats = self._batched_fn(batched, trained)(shared, personal, idx, mask)
+            return shared, personal, out
+        grads, stats = out
         if 0 in grads:
             if batched:
                 _sgd_in_place(shared, grads[0], lr_shared)
             else:  # the first step on u: broadcasting against the gradients gives each client its copy
-                shared = {k: torch.sub(u, grads[0][k], alpha=lr_shared) for k, u in shared.items()}
+                shared = _sgd(shared, grads[0], lr_shared)
         if 1 in grads:
             _sgd_in_place(personal, grads[1], lr_personal)
         return shared, personal, stats
