@@ -160,3 +160,24 @@ def test_personal_l2_pulls_towards_zero_or_the_anchor(anchor):
     _, v, _ = sgd_step(quadratic_loss, shared, personal, torch.tensor(rows), torch.ones(2, dtype=torch.float64),
                        None, 0.1, personal_l2=0.5, personal_anchor=ref)
     assert v["v"].item() == pytest.approx(-0.25 - 0.1 * (gv + 0.5 * (-0.25 - target)))
+
+
+@pytest.mark.parametrize("trained", [(0,), (1,), (0, 1)])
+def test_autograd_and_torch_func_give_the_same_gradients_zero_for_unused(trained):
+    from pfedest.algorithms import sgd_gradients
+
+    shared = {"u": torch.tensor(0.5, dtype=torch.float64), "unused": torch.ones(3, dtype=torch.float64)}
+    personal = {"v": torch.tensor(-0.25, dtype=torch.float64)}
+    idx, mask = torch.tensor([0, 2, 3]), torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    by_func, stats_func = sgd_gradients(quadratic_loss, shared, personal, idx, mask, trained, personal_l2=0.3,
+                                        clip=0.5)
+    by_autograd, stats_autograd = sgd_gradients(quadratic_loss, shared, personal, idx, mask, trained,
+                                                personal_l2=0.3, clip=0.5, autograd=True)
+    assert by_func.keys() == by_autograd.keys() == set(trained)
+    for block in trained:
+        for k, g in by_func[block].items():
+            torch.testing.assert_close(by_autograd[block][k], g)
+    if 0 in trained:
+        assert torch.equal(by_autograd[0]["unused"], torch.zeros(3, dtype=torch.float64))
+    assert all(not g.requires_grad for block in by_autograd.values() for g in block.values())
+    torch.testing.assert_close(stats_autograd, stats_func)
