@@ -318,11 +318,12 @@ def make_engine(name: str, loss, shared: Params, compile: bool = False, **step_o
 
 
 def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: Params, counts: np.ndarray,
-              offsets: np.ndarray, sampled: np.ndarray, rng: np.random.Generator, batch_size: int,
+              offsets: np.ndarray, sampled: np.ndarray, rng, batch_size: int,
               steps: Mapping[str, Optional[int]], lr: StepSizes, server_lr: float,
               chunk_size: Optional[int], device: torch.device, aggregate: bool = True,
               server_optimizer: Optional[ServerOptimizer] = None,
-              weights: Optional[np.ndarray] = None) -> tuple[Params, RoundResult]:
+              weights: Optional[np.ndarray] = None,
+              client_ids: Optional[np.ndarray] = None) -> tuple[Params, RoundResult]:
     """Train the ``sampled`` clients for one round and return the new shared parameters.
 
     ``personal_state`` (each tensor stacked over all clients) is updated in place for the sampled
@@ -347,8 +348,10 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
         Rows per client and each client's first row in the data.
     sampled : ndarray of int
         The clients of this round.
-    rng : numpy.random.Generator
-        Draws the minibatches.
+    rng : numpy.random.Generator or RoundKeys
+        Draws the minibatches. A :class:`~pfedest.sampling.RoundKeys` keys them by (seed, round,
+        stream, client): the i-th of the algorithm's streams is stream i, and each client's
+        minibatches depend on its own index alone, not on the other sampled clients.
     batch_size : int
         Rows per minibatch.
     steps : dict of str to int or None
@@ -368,6 +371,10 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
     weights : ndarray of float, optional
         Each client's weight in the average, indexed like ``counts`` (over all clients);
         ``None`` uses ``counts``. Equal weights give the unweighted mean of the sampled clients.
+    client_ids : ndarray of int, optional
+        With a ``RoundKeys`` ``rng``: the index in the whole federation of each client, indexed
+        like ``counts`` (a federation of one node passes its ``partition-id``); ``None``: the
+        position in ``counts``.
 
     Returns
     -------
@@ -396,7 +403,12 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
     >>> personal["b"].tolist(), new_shared["w"].tolist(), result.row_count
     ([1.0, 1.0], [0.5], 12.0)
     """
-    streams_np = {name: minibatch_stream(rng, counts[sampled], batch_size, steps[name])
+    if hasattr(rng, "uniforms"):  # RoundKeys: stream i of the algorithm, keyed by the clients' ids
+        keyed = np.asarray(sampled if client_ids is None else np.asarray(client_ids)[sampled])
+        sources = {name: rng.uniforms(i, keyed) for i, name in enumerate(algorithm.streams)}
+    else:  # a Generator: all streams drawn in turn from it
+        sources = {name: rng for name in algorithm.streams}
+    streams_np = {name: minibatch_stream(sources[name], counts[sampled], batch_size, steps[name])
                   for name in algorithm.streams}
     server = WeightedAverage()
     loss_sum = row_count = 0.0

@@ -447,6 +447,14 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
     def _seed(self):
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
+    def _draw_seed(self, drawn: int) -> int:
+        """The seed of the rounds' keyed draws (:class:`~pfedest.sampling.RoundKeys`): an int
+        ``random_state`` itself, so that it equals the Flower app's ``seed``; else ``drawn``."""
+        rs = self.random_state
+        if isinstance(rs, Integral) and not isinstance(rs, (bool, np.bool_)):
+            return int(rs)
+        return drawn
+
     def _build_module(self, input_shape):
         n_classes = len(self.classes_)
         n_features = input_shape[0] if len(input_shape) == 1 else input_shape
@@ -463,7 +471,8 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
 
     def _initialize(self, X, clients):
         seed = self._seed()
-        self._rng = np.random.default_rng(seed)
+        # kept for warm starts and checkpoints: a resumed fit draws exactly what the first one would
+        self._keyed_seed = self._draw_seed(seed)
         self.input_shape_ = X.shape[1:]
         self.device_ = resolve_device(self.device)
         with torch.random.fork_rng(devices=[]):

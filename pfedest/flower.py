@@ -20,9 +20,13 @@ run config (``[tool.flwr.app.config]`` in ``pyproject.toml``, see :class:`RunSet
 --node-config 'partition-id=0 data-path="node0.npz" state-dir="state0"'``; its data file is an
 ``.npz`` with arrays ``X`` and ``y``.
 
-Minibatches: node ``p`` draws its minibatches in round ``r`` from
-``numpy.random.default_rng([seed, r, p])`` (:func:`node_rng`), so a run is reproducible and can be
-replayed in-process with :func:`pfedest.engine.run_round` exactly.
+Randomness: every draw is keyed by ``(seed, round, client)``, as the estimator's ``fit`` keys
+them. The server samples the round's nodes with :func:`pfedest.sampling.sample_clients` seeded by
+``(seed, round)`` over the nodes' ``partition-id`` order, and node ``p`` draws its minibatches in
+round ``r`` from ``pfedest.sampling.RoundKeys(seed, r)`` as client ``p``. So with the
+partition-ids numbering the estimator's clients (``clients_`` order) and each node holding that
+client's rows in the same order, a run reproduces
+:meth:`~pfedest.PartialPersonalizedClassifier.fit` with ``random_state=seed``, draw for draw.
 
 Flower is imported only inside the functions that need it: ``import pfedest.flower`` works
 without it. Install it with ``pip install -e ".[flower]"``.
@@ -55,6 +59,7 @@ import torch
 from .algorithms import ALGORITHMS, StepSizes
 from .engine import RoundResult, make_engine, run_round
 from .model import make_loss, personalized_logits
+from .sampling import RoundKeys
 from .server import WeightedAverage
 
 Params = Dict[str, torch.Tensor]
@@ -123,7 +128,8 @@ class RunSettings:
     poll_interval : float
         Seconds between the server's checks for replies (0: Flower's own, 3 s).
     seed : int
-        Seeds node sampling and the nodes' minibatches (:func:`node_rng`).
+        Keys node sampling and the nodes' minibatches by ``(seed, round, partition-id)``; the
+        estimator's ``random_state`` (an int) gives the same draws.
     keep_rounds : bool
         Also keep the shared parameters of every round (``shared-round-<r>.npz``).
     result_dir : str
@@ -225,36 +231,10 @@ class RunSettings:
         return min(int(m), n_nodes)
 
 
-def node_rng(seed: int, server_round: int, partition_id: int) -> np.random.Generator:
-    """The generator of node ``partition_id``'s minibatches in round ``server_round``.
-
-    Derived from the three numbers alone, so a node needs no state to draw them and an in-process
-    replay (:func:`pfedest.engine.run_round` with the same generator) sees the same minibatches.
-
-    Parameters
-    ----------
-    seed : int
-        The run's ``seed`` (run config).
-    server_round : int
-        The round, from 1.
-    partition_id : int
-        The node's ``partition-id`` (node config).
-
-    Returns
-    -------
-    numpy.random.Generator
-
-    Examples
-    --------
-    >>> a = node_rng(0, 1, 2).random(3)
-    >>> b = node_rng(0, 1, 2).random(3)
-    >>> bool((a == b).all()), bool((a == node_rng(0, 2, 2).random(3)).all())
-    (True, False)
-    """
-    for name, value in (("seed", seed), ("server_round", server_round), ("partition_id", partition_id)):
+def _check_node_numbers(**values) -> None:
+    for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
-    return np.random.default_rng([int(seed), int(server_round), int(partition_id)])
 
 
 # ------------------------------------------------------------------------------------- the model
@@ -575,7 +555,8 @@ def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal
         The server's shared parameters and the node's personal ones.
     settings : RunSettings
     server_round, partition_id : int
-        Name the node's minibatch generator (:func:`node_rng`).
+        Key the node's minibatches: ``RoundKeys(settings.seed, server_round)`` for client
+        ``partition_id``, as the estimator's ``fit`` draws that client's.
 
     Returns
     -------
@@ -600,6 +581,7 @@ def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal
     >>> sorted(shared), result.row_count  # one personal and one shared step of 5 rows
     (['net.0.bias', 'net.0.weight'], 10.0)
     """
+    _check_node_numbers(server_round=server_round, partition_id=partition_id)
     codes = _encode_labels(template, y)
     X_t = torch.as_tensor(np.array(X, dtype=np.float32))
     y_t = torch.as_tensor(codes, dtype=torch.int64)
@@ -612,9 +594,9 @@ def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal
     new_shared, result = run_round(
         algorithm=ALGORITHMS[settings.algorithm], engine=engine, shared=dict(shared), personal_state=state,
         counts=np.array([len(X)]), offsets=np.array([0]), sampled=np.array([0]),
-        rng=node_rng(settings.seed, server_round, partition_id), batch_size=settings.batch_size,
-        steps=settings.steps(), lr=settings.step_sizes(), server_lr=1.0, chunk_size=None,
-        device=torch.device("cpu"), aggregate=True)
+        rng=RoundKeys(settings.seed, server_round), client_ids=np.array([partition_id]),
+        batch_size=settings.batch_size, steps=settings.steps(), lr=settings.step_sizes(), server_lr=1.0,
+        chunk_size=None, device=torch.device("cpu"), aggregate=True)
     if not result.finite:
         raise FloatingPointError(f"Node {partition_id}: the loss became NaN or infinite in round {server_round}; "
                                  f"nothing is sent. Lower lr (now {settings.lr}) or scale the features.")
@@ -897,6 +879,33 @@ def evaluate_handler(msg, context, app_dir):
     return Message(RecordDict({METRICS_KEY: record}), reply_to=msg)
 
 
+def query_handler(msg, context, app_dir):
+    """The ClientApp's query handler: the node's ``partition-id``, which the server needs to sample
+    nodes as the estimator samples clients.
+
+    Needs ``flwr`` and a SuperNode's message and context, so it has no standalone example.
+
+    Parameters
+    ----------
+    msg : flwr.app.Message
+        The server's query message.
+    context : flwr.app.Context
+        The node's context (node config ``partition-id``, ``data-path``).
+    app_dir : str or Path
+        The folder holding ``model.json``.
+
+    Returns
+    -------
+    flwr.app.Message
+        The reply: ``partition-id`` and ``num-examples``.
+    """
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    node = _node(context, read_model(Path(app_dir) / MODEL_FILE))
+    record = MetricRecord({"partition-id": node.partition_id, "num-examples": int(len(node.X))})
+    return Message(RecordDict({METRICS_KEY: record}), reply_to=msg)
+
+
 def client_app(app_dir, mods: Optional[Sequence] = None):
     """The Flower ``ClientApp`` of the app in ``app_dir`` (the folder holding ``model.json``).
 
@@ -934,6 +943,7 @@ def client_app(app_dir, mods: Optional[Sequence] = None):
     app = ClientApp(mods=list(mods or []))
     app.train()(lambda msg, context: train_handler(msg, context, app_dir))
     app.evaluate()(lambda msg, context: evaluate_handler(msg, context, app_dir))
+    app.query()(lambda msg, context: query_handler(msg, context, app_dir))
     return app
 
 
@@ -954,7 +964,10 @@ def _strategy_class():
 
         - samples ``settings.n_sampled(n)`` of the ``n`` connected nodes with
           :func:`pfedest.sampling.sample_clients` seeded by ``(seed, round)``, after waiting at most
-          ``node_wait`` seconds for ``min_nodes`` of them;
+          ``node_wait`` seconds for ``min_nodes`` of them. The nodes are taken in the order of
+          their ``partition-id`` (learnt from their replies; before a round that samples only some
+          nodes, the server asks those it does not know yet with a query message, and leaves out
+          of the round any that does not answer), so that the sample is the estimator's;
         - refuses a reply unless it holds exactly the shared parameters (names, shapes, finite
           values) and a positive ``num-examples``; a refused or failed reply is left out of the round;
         - averages the accepted replies in the order of their ``partition-id``, weighted by
@@ -982,6 +995,7 @@ def _strategy_class():
             self.on_round = on_round
             self.rounds: list[dict] = []
             self._current: Optional[Params] = None
+            self.partitions: Dict[int, int] = {}  # node id -> partition-id, from the nodes' replies
 
         def summary(self) -> None:
             s = self.settings
@@ -1003,10 +1017,40 @@ def _strategy_class():
         def _messages(self, record: RecordDict, nodes, message_type):
             return [Message(content=record, message_type=message_type, dst_node_id=n) for n in nodes]
 
+        def _learn_partition(self, node, metrics) -> None:
+            pid = metrics.get("partition-id")
+            if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0:
+                self.partitions[int(node)] = pid
+
+        def ask_partitions(self, grid, nodes: Sequence[int], server_round: int) -> list:
+            """Ask ``nodes`` whose ``partition-id`` is not known yet for it; returns the nodes
+            that stay eligible (known now)."""
+            unknown = [n for n in nodes if int(n) not in self.partitions]
+            if unknown:
+                config = ConfigRecord({"server-round": int(server_round)})
+                replies = grid.send_and_receive(self._messages(RecordDict({CONFIG_KEY: config}), unknown,
+                                                               MessageType.QUERY),
+                                                timeout=min(self.settings.round_timeout, self.settings.node_wait))
+                for msg in replies:
+                    if not msg.has_error():
+                        self._learn_partition(msg.metadata.src_node_id,
+                                              dict(next(iter(msg.content.metric_records.values()), {}) or {}))
+                silent = [n for n in unknown if int(n) not in self.partitions]
+                if silent:
+                    logger.warning("Round %d: node(s) %s did not tell their partition-id; they sit this round out.",
+                                   server_round, silent)
+            return [n for n in nodes if int(n) in self.partitions]
+
         def begin_round(self, server_round: int, shared: Params, connected: Sequence[int]) -> list:
-            """Sample the round's nodes out of ``connected`` and start its record; returns them."""
+            """Sample the round's nodes out of ``connected`` and start its record; returns them.
+
+            The nodes are ordered by ``partition-id`` when the server knows every one's (by node id
+            otherwise), so that sampling positions picks the clients the estimator would pick.
+            """
             self._current = {k: v.clone() for k, v in shared.items()}
             nodes = sorted(connected)
+            if all(int(n) in self.partitions for n in nodes):
+                nodes.sort(key=lambda n: (self.partitions[int(n)], n))
             rng = np.random.default_rng([self.settings.seed, int(server_round)])
             chosen = sample_clients(rng, np.arange(len(nodes)), self.settings.n_sampled(len(nodes)))
             sampled = [nodes[i] for i in chosen]
@@ -1016,7 +1060,10 @@ def _strategy_class():
             return sampled
 
         def configure_train(self, server_round, arrays, config, grid):
-            sampled = self.begin_round(server_round, _to_tensors(arrays), self._connected(grid))
+            connected = self._connected(grid)
+            if self.settings.n_sampled(len(connected)) < len(connected):
+                connected = self.ask_partitions(grid, connected, server_round) or connected
+            sampled = self.begin_round(server_round, _to_tensors(arrays), connected)
             logger.info("Round %d: training %d of %d nodes", server_round, len(sampled),
                         len(self.rounds[-1]["connected"]))
             config = ConfigRecord(dict(config))
@@ -1054,6 +1101,7 @@ def _strategy_class():
                 reason = self._refuse(msg.content)
                 arrays = list(msg.content.array_records.values())
                 metrics = dict(next(iter(msg.content.metric_records.values()), {}) or {})
+                self._learn_partition(msg.metadata.src_node_id, metrics)
                 record["replies"].append({
                     "node": node, "partition_id": metrics.get("partition-id"),
                     "num_examples": metrics.get(self.weighted_by_key),

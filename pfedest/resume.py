@@ -144,7 +144,7 @@ def checkpoint_state(est) -> dict:
         "plan": est._plan,
         "progress": est._progress,
         "history": list(est.history_),
-        "rng": est._rng.bit_generator.state,
+        "seed": est._keyed_seed,  # with the round number, it keys every draw of the rounds to come
         # a callback's request_stop ends the current stage: the resumed fit must not run it on
         "stop_requested": bool(getattr(est, "_stop_requested", False)),
         "stop_reason": getattr(est, "stop_reason_", None),
@@ -227,7 +227,8 @@ def restore_checkpoint(est, state: dict) -> None:
         est._servers[stage].load_state_dict(to_device(opt_state, est.device_))
     est._progress = stages_left(meta["plan"], meta["progress"], meta.get("stop_requested", False))
     est.history_ = History(meta["history"])
-    est._rng.bit_generator.state = meta["rng"]
+    if "seed" in meta:  # older checkpoints kept a generator's state instead: the fit's own seed goes on
+        est._keyed_seed = int(meta["seed"])
     est.stop_reason_ = meta.get("stop_reason")
 
 

@@ -1,15 +1,152 @@
 """Randomness of a round: which clients take part, and the minibatches each one sees.
 
-Everything random is drawn here with a NumPy ``Generator``, outside the training computation,
-so the loop and the vectorized engine see identical minibatches and a run is reproducible from
-``random_state`` alone.
+Everything random is drawn here, outside the training computation, so the loop and the vectorized
+engine see identical minibatches and a run is reproducible from ``random_state`` alone.
+
+Minibatches are drawn either from a NumPy ``Generator`` or from :class:`RoundKeys`: keys that
+are a hash of ``(seed, round, stream, client, epoch, position)``, so a client's minibatches do not
+depend on which other clients train with it, and a node of a real federation that knows only the
+seed, the round and its own client index draws the very minibatches the simulator does.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import numpy as np
+
+# splitmix64 (Steele, Lea and Flood, 2014): its increment and its bijective 64-bit finalizer
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_BLOCK_WORDS = 1 << 15  # 256 KiB of uint64 per temporary
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, elementwise on a uint64 array (a bijection of 64-bit words)."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def _combine(h: np.ndarray, x) -> np.ndarray:
+    """Hash ``x`` into ``h``; for a fixed ``h`` distinct ``x`` give distinct words (``_GOLDEN`` is odd)."""
+    return _mix(h + _GOLDEN * (np.asarray(x, dtype=np.uint64) + np.uint64(1)))
+
+
+def _word(value, name: str) -> np.ndarray:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be an integer in [0, 2**64), got {value!r}.")
+    return np.array([int(value)], dtype=np.uint64)
+
+
+@dataclass(frozen=True)
+class RoundKeys:
+    """The minibatch randomness of round ``round_number`` of the run seeded by ``seed``.
+
+    :meth:`uniforms` gives the keys of one stream for some clients; each key is a hash of
+    ``(seed, round_number, stream, client, epoch, position)`` alone. Pass a ``RoundKeys`` as
+    ``rng`` to :func:`pfedest.engine.run_round`.
+
+    Parameters
+    ----------
+    seed : int
+        The run's seed, in ``[0, 2**64)``.
+    round_number : int
+        The round, in ``[0, 2**64)``.
+
+    Examples
+    --------
+    >>> keys = RoundKeys(seed=0, round_number=1)
+    >>> a = keys.uniforms(0, [3, 7]).random((2, 1, 4))
+    >>> b = keys.uniforms(0, [7]).random((1, 1, 4))  # client 7 alone: its keys are the same
+    >>> bool((a[1] == b[0]).all()), bool((a[0] == a[1]).all())
+    (True, False)
+    """
+
+    seed: int
+    round_number: int
+
+    def __post_init__(self):
+        _word(self.seed, "seed")
+        _word(self.round_number, "round_number")
+
+    def uniforms(self, stream: int, clients) -> "ClientUniforms":
+        """The keys of stream ``stream`` for ``clients`` (global client indices, in this order).
+
+        Parameters
+        ----------
+        stream : int
+            Which of the round's minibatch streams (FedAlt's personal and shared streams differ).
+        clients : array-like of int
+            The clients' indices in the whole federation (a node's ``partition-id``).
+
+        Returns
+        -------
+        ClientUniforms
+        """
+        h = _combine(_combine(_combine(np.zeros(1, dtype=np.uint64), _word(self.seed, "seed")),
+                              _word(self.round_number, "round_number")), _word(stream, "stream"))
+        clients = np.asarray(clients)
+        if clients.ndim != 1 or (clients.size and (not np.issubdtype(clients.dtype, np.integer) or clients.min() < 0)):
+            raise ValueError(f"clients must be a 1-d array of integers >= 0, got {clients!r}.")
+        return ClientUniforms(_combine(h, clients.astype(np.uint64)))
+
+
+class ClientUniforms:
+    """Uniform numbers in ``[0, 1)`` for some clients, drawn as ``Generator.random`` draws them.
+
+    ``random((n_clients, n_epochs, width))[c, e, j]`` depends only on the client's key and on
+    ``(e, j)``: not on the shape asked for, nor on the other clients. Made by
+    :meth:`RoundKeys.uniforms`.
+
+    Parameters
+    ----------
+    keys : ndarray of uint64, shape (n_clients,)
+        One word per client.
+
+    Examples
+    --------
+    >>> u = RoundKeys(0, 1).uniforms(0, [5])
+    >>> small, large = u.random((1, 1, 3)), u.random((1, 2, 6))
+    >>> bool((small == large[:, :1, :3]).all()), bool(((0 <= large) & (large < 1)).all())
+    (True, True)
+    """
+
+    def __init__(self, keys: np.ndarray):
+        self.keys = np.asarray(keys, dtype=np.uint64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def random(self, shape) -> np.ndarray:
+        """Keys of shape ``(n_clients, n_epochs, width)``, float64 in ``[0, 1)``."""
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3 or shape[0] != len(self.keys):
+            raise ValueError(f"Expected a shape (n_clients={len(self.keys)}, n_epochs, width), got {shape}.")
+        n, n_epochs, width = shape
+        per_epoch = _combine(self.keys[:, None], np.arange(n_epochs, dtype=np.uint64)[None, :])
+        offsets = _GOLDEN * np.arange(1, width + 1, dtype=np.uint64)  # word j is _combine(per_epoch, j)
+        out = np.empty(shape, dtype=np.float64)
+        # Blocks of clients small enough to stay in cache, mixed in place: the hash is ~10 passes
+        # over the words, and large temporaries made it 5-30 times slower.
+        block = max(1, _BLOCK_WORDS // max(1, n_epochs * width))
+        for start in range(0, n, block):
+            z = per_epoch[start:start + block, :, None] + offsets
+            t = np.empty_like(z)
+            for shift, factor in ((30, _M1), (27, _M2), (31, None)):  # _mix, in place
+                np.right_shift(z, np.uint64(shift), out=t)
+                z ^= t
+                if factor is not None:
+                    z *= factor
+            # the top 53 bits, as Generator.random does: every double k / 2**53, k < 2**53
+            z >>= np.uint64(11)
+            np.multiply(z, 1.0 / 2**53, out=out[start:start + block], casting="unsafe")
+        return out
+
+
+Source = Union[np.random.Generator, ClientUniforms]
 
 
 def sample_clients(rng: np.random.Generator, eligible: np.ndarray, n_sampled: int) -> np.ndarray:
@@ -46,7 +183,7 @@ def sample_clients(rng: np.random.Generator, eligible: np.ndarray, n_sampled: in
     return np.sort(rng.choice(eligible, size=n_sampled, replace=False))
 
 
-def _permutations(rng: np.random.Generator, counts: np.ndarray, n_epochs: int) -> np.ndarray:
+def _permutations(rng: Source, counts: np.ndarray, n_epochs: int) -> np.ndarray:
     """``[clients, n_epochs, max(counts)]``: in each row the first ``count`` entries permute ``range(count)``."""
     width = int(counts.max())
     keys = rng.random((len(counts), n_epochs, width))
@@ -54,13 +191,16 @@ def _permutations(rng: np.random.Generator, counts: np.ndarray, n_epochs: int) -
     return np.argsort(keys, axis=-1, kind="stable")
 
 
-def minibatch_stream(rng: np.random.Generator, counts: np.ndarray, batch_size: int,
+def minibatch_stream(rng: Source, counts: np.ndarray, batch_size: int,
                      steps: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (local to each client) and a 0/1 mask for each client's local steps.
 
     Parameters
     ----------
-    rng : numpy.random.Generator
+    rng : numpy.random.Generator or ClientUniforms
+        Draws the shuffles. With :class:`ClientUniforms` (one key per client, in the order of
+        ``counts``) a client's minibatches depend on its key, count, ``batch_size`` and ``steps``
+        only: the other clients change nothing but the padding.
     counts : ndarray of int, shape (n_clients,)
         Rows held by each client (all positive).
     batch_size : int

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .algorithms import ALGORITHMS, StepSizes
 from .engine import auto_chunk_size, make_engine, run_round
 from .model import make_loss
-from .sampling import sample_clients
+from .sampling import RoundKeys, sample_clients
 from .schedules import make_schedule
 from .server import ServerOptimizer
 from .splits import make_split
@@ -154,14 +154,16 @@ def stage_runner(est, stage: str, data: ClientData):
         tic = time.perf_counter()
         factor = float(schedule(round_index, n_rounds))
         lr = StepSizes(shared=est.lr * factor, personal=(est.personal_lr or est.lr) * factor)
-        sampled = sample_clients(est._rng, present, n_sampled)
+        # Every draw is keyed by (seed, round[, client]), as a Flower node draws it (pfedest.flower).
+        round_number = len(est.history_) + 1
+        sampled = sample_clients(np.random.default_rng([est._keyed_seed, round_number]), present, n_sampled)
         shared, result = run_round(
             algorithm=algorithm, engine=engine, shared=shared_in(), personal_state=personal_state,
-            counts=data.counts, offsets=data.offsets, sampled=sampled, rng=est._rng,
+            counts=data.counts, offsets=data.offsets, sampled=sampled,
+            rng=RoundKeys(est._keyed_seed, round_number),
             batch_size=est.batch_size, steps=steps, lr=lr, server_lr=est.server_lr,
             chunk_size=chunk_size(est), device=est.device_, aggregate=aggregate, server_optimizer=server,
             weights=weights)
-        round_number = len(est.history_) + 1
         if not result.finite or not all(torch.isfinite(v).all() for v in shared.values()):
             raise FloatingPointError(
                 f"Training diverged in round {round_number} ({stage}): the loss or the shared parameters "

@@ -256,6 +256,9 @@ def test_the_personal_anchor_of_an_unseeded_fit_is_restored(federated, tmp_path)
     assert resumed.callbacks_[0].resumed_from_ is not None
     for k, v in crashing._personal_init.items():
         assert torch.equal(resumed._personal_init[k], v), k
+    # the unseeded run's draws go on: round 5, redone after the crash, is the crashed run's round 5
+    assert resumed.history_[4]["clients"] == crashing.history_[4]["clients"]
+    assert resumed.history_[4]["train_loss"] == crashing.history_[4]["train_loss"]
 
 
 def test_every_estimator_parameter_is_a_setting_or_said_not_to_be():

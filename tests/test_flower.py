@@ -29,9 +29,10 @@ from pfedest import PartialPersonalizedClassifier
 from pfedest.algorithms import ALGORITHMS
 from pfedest.datasets import make_shifted_clients
 from pfedest.engine import make_engine, run_round
-from pfedest.flower import (RunSettings, export_app, load_result, local_round, node_rng, personal_metrics,
-                            read_model, run_config_for, write_model)
+from pfedest.flower import (RunSettings, export_app, load_result, local_round, personal_metrics, read_model,
+                            run_config_for, write_model)
 from pfedest.model import make_loss
+from pfedest.sampling import RoundKeys
 from pfedest.server import WeightedAverage
 
 CPU = torch.device("cpu")
@@ -96,12 +97,15 @@ def test_run_config_follows_the_estimator():
         run_config_for(small_estimator(), rounds=3)
 
 
-def test_node_rng_depends_on_seed_round_and_partition():
-    draws = {(s, r, p): node_rng(s, r, p).random() for s in (0, 1) for r in (1, 2) for p in (0, 1)}
-    assert len(set(draws.values())) == len(draws)
-    assert node_rng(0, 1, 1).random() == draws[(0, 1, 1)]
-    with pytest.raises(ValueError, match="partition_id"):
-        node_rng(0, 1, -1)
+def test_local_round_names_a_bad_round_or_partition():
+    X, y, c = small_federation()
+    est = small_estimator(n_rounds=1).fit(X, y, client_ids=c)
+    settings = RunSettings.from_config(run_config_for(est))
+    personal = {k: v[0] for k, v in est.personal_params_.items()}
+    for server_round, partition_id, named in [(1, -1, "partition_id"), (1.5, 0, "server_round")]:
+        with pytest.raises(ValueError, match=named):
+            local_round(est, X[c == 0], y[c == 0], est.shared_params_, personal, settings,
+                        server_round=server_round, partition_id=partition_id)
 
 
 def test_model_file_of_a_configured_estimator_holds_its_initial_weights(tmp_path):
@@ -202,10 +206,11 @@ def test_local_round_is_the_simulators_round_for_that_client():
     algo = ALGORITHMS["fedalt"]
     from pfedest.sampling import minibatch_stream
 
-    rng = node_rng(5, 3, 1)
+    keys = RoundKeys(5, 3)  # seed 5, round 3, as client 1 (the node's partition-id)
     streams = {}
-    for name in algo.streams:
-        idx, mask = minibatch_stream(rng, counts[[1]], settings.batch_size, settings.steps()[name])
+    for stream, name in enumerate(algo.streams):
+        idx, mask = minibatch_stream(keys.uniforms(stream, [1]), counts[[1]], settings.batch_size,
+                                     settings.steps()[name])
         streams[name] = (torch.as_tensor(idx + offsets[1]), torch.as_tensor(mask))
     ref_shared, ref_personal, _ = make_engine("loop", loss, shared).local_updates(
         algo, shared, {k: v[None] for k, v in personal.items()}, streams, settings.step_sizes())
@@ -217,10 +222,10 @@ def test_local_round_is_the_simulators_round_for_that_client():
 
 
 # ------------------------------------------------------------ Flower objects, in one process
-def _message(content, message_type="train"):
+def _message(content, message_type="train", dst=11):
     from flwr.app import Message, Metadata
 
-    metadata = Metadata(run_id=7, message_id="m1", src_node_id=1, dst_node_id=11, reply_to_message_id="",
+    metadata = Metadata(run_id=7, message_id="m1", src_node_id=1, dst_node_id=dst, reply_to_message_id="",
                         group_id="", created_at=time.time(), ttl=3600.0, message_type=message_type)
     return Message(content=content, metadata=metadata)
 
@@ -329,6 +334,81 @@ def test_strategy_refuses_replies_with_personal_keys_and_weights_by_examples():
     # No usable reply: the round changes nothing.
     strategy.begin_round(2, got, [101])
     assert strategy.aggregate_train(2, replies[2:]) == (None, None)
+
+
+class _InProcessGrid:
+    """Delivers the strategy's messages to the nodes' handlers in this process, as a SuperLink and
+    SuperNodes would: each node keeps its own context (its state) from round to round."""
+
+    def __init__(self, app_dir, node_configs, run_config):
+        self.app_dir = app_dir
+        self.contexts = {node: _context(cfg, run_config) for node, cfg in node_configs.items()}
+        self.sent = []
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from pfedest.flower import evaluate_handler, query_handler, train_handler
+
+        handlers = {"train": train_handler, "query": query_handler, "evaluate": evaluate_handler}
+        replies = []
+        for m in messages:
+            node, kind = m.metadata.dst_node_id, m.metadata.message_type
+            self.sent.append((kind, node))
+            replies.append(handlers[kind](_message(m.content, kind, dst=node), self.contexts[node], self.app_dir))
+        return replies
+
+
+@pytest.mark.parametrize("algorithm, per_round", [("fedalt", 2), ("fedsim", 3)])
+def test_flower_rounds_in_process_reproduce_the_estimators_fit(tmp_path, monkeypatch, algorithm, per_round):
+    """The strategy and the nodes' train handler, for a few rounds, give est.fit's sampled clients,
+    shared and personal parameters: every draw is keyed by (seed, round, partition-id)."""
+    pytest.importorskip("flwr")
+    from flwr.app import ConfigRecord
+
+    try:  # flwr >= 1.42 makes a server's Message with the run and node ids of the ServerApp process
+        from flwr.supercore.task_identity import TaskIdentity
+
+        for name, value in (("_run_id", 7), ("_node_id", 1), ("_task_id", 1)):
+            monkeypatch.setattr(TaskIdentity, name, value)
+    except ImportError:
+        pass
+
+    import pfedest.flower as pf
+
+    n_clients, n_rounds = 3, 3
+    X, y, c = make_shifted_clients(n_clients=n_clients, n_samples_per_client=(20, 45), n_features=5, n_classes=3,
+                                   random_state=1)
+    # seed 5 samples clients (0, 2), (0, 1), (1, 2) in rounds 1-3 (with 2 per round)
+    params = dict(algorithm=algorithm, clients_per_round=per_round, n_rounds=n_rounds, random_state=5)
+    fitted = small_estimator(**params).fit(X, y, client_ids=c)
+    app = export_app(small_estimator(**params), tmp_path / "app", classes=np.unique(y), n_features=5)
+    app_dir = app / "pfedest_app"
+    node_configs = {}
+    for p in range(n_clients):  # node ids in the reverse order of the partitions
+        np.savez(tmp_path / f"node{p}.npz", X=X[c == p], y=y[c == p])
+        node_configs[1000 - 10 * p] = {"partition-id": p, "data-path": str(tmp_path / f"node{p}.npz"),
+                                       "state-dir": str(tmp_path / f"state{p}")}
+    run_config = run_config_for(fitted)
+    grid = _InProcessGrid(app_dir, node_configs, run_config)
+    spec = read_model(app_dir / "model.json")
+    strategy = pf.PersonalizedFedAvg(spec.shared, RunSettings.from_config(run_config))
+    arrays = pf._to_record(spec.shared)
+    for r in range(1, n_rounds + 1):
+        arrays, _ = strategy.aggregate_train(r, grid.send_and_receive(
+            strategy.configure_train(r, arrays, ConfigRecord(), grid)))
+    assert [rec["clients"] for rec in strategy.rounds] == [h["clients"] for h in fitted.history_]
+    if per_round < n_clients:  # partial participation: the server asked each node its partition once
+        assert sorted(node for kind, node in grid.sent if kind == "query") == sorted(node_configs)
+        assert len({tuple(h["clients"]) for h in fitted.history_}) > 1
+    shared = pf._to_tensors(arrays)
+    for k, v in fitted.shared_params_.items():
+        torch.testing.assert_close(shared[k], v, rtol=1e-5, atol=1e-6)
+    for node, cfg in node_configs.items():
+        personal = pf._to_tensors(grid.contexts[node].state.array_records["pfedest.personal"])
+        for k, v in fitted.personal_params_.items():
+            torch.testing.assert_close(personal[k], v[cfg["partition-id"]], rtol=1e-5, atol=1e-6)
 
 
 def test_load_result_builds_an_estimator_that_predicts_per_node(tmp_path):
@@ -521,7 +601,7 @@ def _personal(run, partition):
 
 def _replay(run, upto):
     """The run's rounds 1..upto in-process: each round, every node that answered runs
-    pfedest.engine.run_round on its rows of the whole federation with its node_rng, and the server
+    pfedest.engine.run_round on its rows of the whole federation with RoundKeys(seed, round), and the server
     averages with WeightedAverage; returns the shared and the stacked personal parameters."""
     X, y, c = run["data"]
     spec = run["spec"]
@@ -542,7 +622,7 @@ def _replay(run, upto):
         for p in answered:
             out, _ = run_round(algorithm=ALGORITHMS[settings.algorithm], engine=engine, shared=shared,
                                personal_state=personal, counts=counts, offsets=offsets, sampled=np.array([p]),
-                               rng=node_rng(settings.seed, record["round"], p), batch_size=settings.batch_size,
+                               rng=RoundKeys(settings.seed, record["round"]), batch_size=settings.batch_size,
                                steps=settings.steps(), lr=settings.step_sizes(), server_lr=1.0, chunk_size=None,
                                device=CPU)
             outs.append(out)
