@@ -421,6 +421,10 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
             except TypeError as exc:
                 raise TypeError("client_ids mixes types that cannot be compared (e.g. str and int); "
                                 "use one type for all ids.") from exc
+        if known is not None and len(client_ids) and _id_kind(client_ids) != _id_kind(known):
+            # NumPy would compare "0" with 0 as different clients, or turn the known ids into text
+            raise TypeError(f"client_ids are {_id_kind(client_ids)}s ({client_ids[:3].tolist()} ...) but this model's "
+                            f"clients are {_id_kind(known)}s ({known[:3].tolist()} ...); pass ids of the same type.")
         return client_ids
 
     def _client_rows(self, client_ids):
@@ -549,3 +553,17 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+def _id_kind(ids: np.ndarray) -> str:
+    """``"number"`` or ``"string"`` (``"other"`` for anything else): the kind of client ids."""
+    if ids.dtype.kind in "iufb":
+        return "number"
+    if ids.dtype.kind in "US":
+        return "string"
+    values = ids.tolist()
+    if all(isinstance(v, str) for v in values):
+        return "string"
+    if all(isinstance(v, (int, float, np.number)) for v in values):
+        return "number"
+    return "other"

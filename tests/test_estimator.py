@@ -83,6 +83,22 @@ def test_string_labels_and_string_client_ids(federated):
     assert est.history_[0, "clients"][0].startswith("client-")
 
 
+@pytest.mark.parametrize("fit_ids, other_ids", [("int", "str"), ("str", "int")])
+def test_client_ids_of_another_type_than_the_models_are_refused_and_change_nothing(federated, fit_ids, other_ids):
+    # "0" and 0 would be different clients to NumPy; personalize would even turn the known ids into text
+    X, y, c = federated
+    as_type = {"int": c, "str": np.array([f"{k}" for k in c])}
+    est = PartialPersonalizedClassifier(**FAST).fit(X, y, client_ids=as_type[fit_ids])
+    known = est.clients_.copy()
+    other = as_type[other_ids]
+    for call in (lambda: est.predict(X[:5], client_ids=other[:5]),
+                 lambda: est.personalize(X[:20], y[:20], client_ids=other[:20])):
+        with pytest.raises(TypeError, match="pass ids of the same type"):
+            call()
+    assert est.clients_.tolist() == known.tolist() and est.clients_.dtype == known.dtype
+    assert est.predict(X[:5], client_ids=as_type[fit_ids][:5]).shape == (5,)
+
+
 def test_each_row_is_answered_by_its_own_clients_model(federated):
     X, y, c = federated
     est = fitted(federated, split="full")
