@@ -11,7 +11,8 @@ A Flower app made here has two halves (`Flower <https://flower.ai>`_'s Message A
 - the **ServerApp** runs :class:`PersonalizedFedAvg`, a Flower strategy that samples nodes,
   refuses any reply that holds anything but the shared parameters, and averages them weighted by
   the nodes' example counts (or equally: run config ``weighting="uniform"``) with
-  :class:`pfedest.server.WeightedAverage`, as the simulator does.
+  :class:`pfedest.server.WeightedAverage`, then steps with :class:`pfedest.server.ServerOptimizer`,
+  as the simulator does.
 
 The model travels inside the app as ``model.json`` (:func:`write_model`): the estimator's
 parameters, the labels, the input shape and the starting weights. Training settings are the app's
@@ -60,7 +61,8 @@ from .algorithms import ALGORITHMS, StepSizes
 from .engine import RoundResult, make_engine, run_round
 from .model import make_loss, personalized_logits
 from .sampling import RoundKeys
-from .server import WeightedAverage
+from .schedules import SCHEDULES
+from .server import ServerOptimizer, WeightedAverage
 
 Params = Dict[str, torch.Tensor]
 
@@ -83,7 +85,8 @@ logger = logging.getLogger("flwr.pfedest")
 # estimator that sets one of them warns). Training settings among them become run-config keys.
 _ARCHITECTURE = ("module", "split", "hidden_layer_sizes", "random_state")
 _TRAINING = ("n_rounds", "algorithm", "lr", "personal_lr", "batch_size", "personal_steps", "shared_steps",
-             "server_lr", "weighting", "clients_per_round")
+             "server_lr", "weighting", "clients_per_round", "clip_grad_norm", "personal_l2", "personal_l2_target",
+             "lr_schedule", "server_optimizer", "server_momentum")
 _IGNORED_BY_DESIGN = ("engine", "max_clients_per_batch", "compile", "device", "unseen_clients", "warm_start",
                       "verbose")
 
@@ -95,7 +98,9 @@ class RunSettings:
 
     Each field is read from the run-config key of the same name with ``-`` for ``_``
     (``num-rounds``, ``personal-lr``, ...). TOML has no ``None``: ``personal-lr = 0`` means "the
-    same as ``lr``" and ``personal-steps = -1`` / ``shared-steps = -1`` mean one epoch.
+    same as ``lr``", ``personal-steps = -1`` / ``shared-steps = -1`` mean one epoch and
+    ``clip-grad-norm = 0`` means no clipping. The settings shared with
+    :class:`~pfedest.PartialPersonalizedClassifier` act as in its ``fit``.
 
     Parameters
     ----------
@@ -108,6 +113,24 @@ class RunSettings:
         Local steps (``-1``: one epoch over the node's rows).
     server_lr : float
         Server step on the averaged shared parameters (1.0: plain averaging).
+    server_optimizer : {"sgd", "adam"}
+        How the server applies the averaged pseudo-gradient (:class:`pfedest.server.ServerOptimizer`;
+        its state lives in the ServerApp for the run).
+    server_momentum : float in [0, 1)
+        Server momentum of ``"sgd"``.
+    clip_grad_norm : float
+        Clip each local step's gradient to this norm (0: no clipping).
+    personal_l2 : float
+        L2 penalty ``personal_l2 / 2 * ||v - target||^2`` on the personal part.
+    personal_l2_target : {"zero", "init"}
+        The penalty's target: zero, or the personal part at the start of training (``model.json``'s).
+    lr_schedule : {"constant", "linear", "step"}
+        Factor of ``lr`` and ``personal_lr`` in each round (:mod:`pfedest.schedules`), over
+        ``num_rounds`` rounds.
+    lr_warmup_rounds, lr_final : int, float
+        ``warmup_rounds`` and ``final`` of the ``"linear"`` schedule (:class:`~pfedest.schedules.LinearLR`).
+    lr_step_rounds, lr_gamma : int, float
+        ``step_rounds`` and ``gamma`` of the ``"step"`` schedule (:class:`~pfedest.schedules.StepLR`).
     weighting : {"samples", "uniform"}
         Weigh each reply by its ``num-examples`` or equally, as the estimator's ``weighting``.
     clients_per_round : int or float
@@ -141,6 +164,9 @@ class RunSettings:
     >>> s = RunSettings.from_config({"num-rounds": 5, "algorithm": "fedsim", "personal-lr": 0.0})
     >>> s.num_rounds, s.step_sizes(), s.steps()
     (5, StepSizes(shared=0.1, personal=0.1), {'joint': None})
+    >>> s = RunSettings.from_config({"num-rounds": 4, "lr-schedule": "step", "lr-step-rounds": 2})
+    >>> s.schedule(), [s.step_sizes(server_round=r).shared for r in (1, 3)]
+    (StepLR(step_rounds=2), [0.1, 0.05])
     """
 
     num_rounds: int = 3
@@ -151,6 +177,16 @@ class RunSettings:
     personal_steps: int = -1
     shared_steps: int = -1
     server_lr: float = 1.0
+    server_optimizer: str = "sgd"
+    server_momentum: float = 0.0
+    clip_grad_norm: float = 0.0
+    personal_l2: float = 0.0
+    personal_l2_target: str = "zero"
+    lr_schedule: str = "constant"
+    lr_warmup_rounds: int = 0
+    lr_final: float = 0.0
+    lr_step_rounds: int = 10
+    lr_gamma: float = 0.5
     weighting: str = "samples"
     clients_per_round: float = 1.0
     min_nodes: int = 2
@@ -192,6 +228,27 @@ class RunSettings:
             bad("algorithm", "expected 'fedalt' or 'fedsim'")
         if self.weighting not in ("samples", "uniform"):
             bad("weighting", "expected 'samples' or 'uniform'")
+        if self.server_optimizer not in ("sgd", "adam"):
+            bad("server_optimizer", "expected 'sgd' or 'adam'")
+        if self.personal_l2_target not in ("zero", "init"):
+            bad("personal_l2_target", "expected 'zero' or 'init'")
+        if self.lr_schedule not in SCHEDULES:
+            bad("lr_schedule", f"expected one of {sorted(SCHEDULES)}")
+
+        def number(value):  # a bool is an int to Python, but a typo in a run config
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        for name in ("clip_grad_norm", "personal_l2", "lr_final"):
+            if not number(getattr(self, name)) or getattr(self, name) < 0:
+                bad(name, "expected a number >= 0")
+        if not number(self.server_momentum) or not 0 <= self.server_momentum < 1:
+            bad("server_momentum", "expected a number in [0, 1)")
+        if not number(self.lr_gamma) or self.lr_gamma <= 0:
+            bad("lr_gamma", "expected a positive number")
+        for name, low in (("lr_warmup_rounds", 0), ("lr_step_rounds", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                bad(name, f"expected an integer >= {low}")
         for name, low in (("lr", 0.0), ("server_lr", 0.0), ("round_timeout", 0.0), ("node_wait", 0.0)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= low:
@@ -213,9 +270,28 @@ class RunSettings:
             raise ValueError(f"{self.algorithm} would take no local step: personal-steps={self.personal_steps}, "
                              f"shared-steps={self.shared_steps}.")
 
-    def step_sizes(self) -> StepSizes:
-        """The client learning rates."""
-        return StepSizes(shared=float(self.lr), personal=float(self.personal_lr or self.lr))
+    def step_sizes(self, server_round: Optional[int] = None) -> StepSizes:
+        """The client learning rates: in round ``server_round`` (from 1) scaled by the schedule, as
+        the estimator's ``fit`` scales them in that round; the base rates without it."""
+        factor = 1.0 if server_round is None else float(self.schedule()(server_round - 1, self.num_rounds))
+        return StepSizes(shared=float(self.lr) * factor, personal=float(self.personal_lr or self.lr) * factor)
+
+    def schedule(self):
+        """The learning-rate schedule (a :mod:`pfedest.schedules` object) with its run-config parameters."""
+        cls = SCHEDULES[self.lr_schedule]
+        return cls(**{p: getattr(self, f"lr_{p}") for p in cls().get_params()})
+
+    def step_options(self, anchor: Optional[Params] = None) -> dict:
+        """The options of every local step (:func:`~pfedest.engine.make_engine`'s ``step_options``):
+        gradient clipping and the personal L2 penalty, pulling towards ``anchor`` with target ``"init"``."""
+        if self.personal_l2_target == "init" and anchor is None:
+            raise ValueError("personal-l2-target='init' needs the personal part at the start of training (anchor).")
+        return dict(clip=float(self.clip_grad_norm) or None, personal_l2=float(self.personal_l2),
+                    personal_anchor=anchor if self.personal_l2_target == "init" else None)
+
+    def make_server_optimizer(self) -> ServerOptimizer:
+        """A fresh server optimizer; the strategy keeps one for the whole run."""
+        return ServerOptimizer(self.server_optimizer, lr=float(self.server_lr), momentum=float(self.server_momentum))
 
     def steps(self) -> dict:
         """Step count of each of the algorithm's streams (``None``: one epoch), as the estimator has them."""
@@ -229,6 +305,19 @@ class RunSettings:
         if isinstance(m, float):
             return max(1, min(n_nodes, int(round(m * n_nodes))))
         return min(int(m), n_nodes)
+
+
+def _schedule_config(schedule) -> Optional[dict]:
+    """The run-config keys of an estimator's ``lr_schedule``: a name in ``pfedest.schedules.SCHEDULES``
+    or an instance of one of those classes (its parameters become ``lr-<parameter>`` keys); ``None``
+    for anything else (a user's callable, a subclass), which cannot travel to the nodes."""
+    if isinstance(schedule, str):
+        return {"lr-schedule": schedule} if schedule in SCHEDULES else None
+    name = next((n for n, cls in SCHEDULES.items() if type(schedule) is cls), None)
+    if name is None:
+        return None
+    return {"lr-schedule": name, **{f"lr-{p}".replace("_", "-"): v.item() if isinstance(v, np.generic) else v
+                                    for p, v in schedule.get_params().items()}}
 
 
 def _check_node_numbers(**values) -> None:
@@ -325,10 +414,14 @@ def write_model(estimator, path, *, classes=None, n_features=None) -> Path:
     defaults = _estimator_defaults(type(estimator))
     ignored = sorted(k for k, v in params.items()
                      if k not in _ARCHITECTURE + _TRAINING + _IGNORED_BY_DESIGN and not _same(v, defaults.get(k)))
+    if "lr_schedule" in params and _schedule_config(params["lr_schedule"]) is None:
+        ignored.append("lr_schedule")  # a callable of the user's: the nodes could not rebuild it
+        params.pop("lr_schedule")
     if ignored:
         warnings.warn(f"The Flower app does not carry out these estimator settings: "
-                      f"{', '.join(f'{k}={params[k]!r}' for k in ignored)}; it trains with plain FedAlt/FedSim "
-                      "local SGD and server averaging.", UserWarning, stacklevel=2)
+                      f"{', '.join(f'{k}={getattr(estimator, k)!r}' for k in sorted(ignored))}; it has no pre-training "
+                      "or fine-tuning stage, no callbacks, and only the learning-rate schedules of "
+                      "pfedest.schedules.SCHEDULES.", UserWarning, stacklevel=2)
     if isinstance(params.get("random_state"), (np.random.RandomState, np.random.Generator)):
         params["random_state"] = None  # the weights are stored; the seed only named them
     plain, objects = {}, {}
@@ -541,7 +634,8 @@ def _check_layout(name: str, params: Mapping[str, torch.Tensor], expected: Mappi
 
 # --------------------------------------------------------------------------------- the node's side
 def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal: Params, settings: RunSettings,
-                *, server_round: int, partition_id: int) -> tuple[Params, Params, RoundResult]:
+                *, server_round: int, partition_id: int,
+                anchor: Optional[Params] = None) -> tuple[Params, Params, RoundResult]:
     """One node's FedAlt or FedSim local update: the simulator's :func:`~pfedest.engine.run_round`
     on a federation of this one client.
 
@@ -556,7 +650,11 @@ def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal
     settings : RunSettings
     server_round, partition_id : int
         Key the node's minibatches: ``RoundKeys(settings.seed, server_round)`` for client
-        ``partition_id``, as the estimator's ``fit`` draws that client's.
+        ``partition_id``, as the estimator's ``fit`` draws that client's. The round also sets the
+        learning rates' schedule factor.
+    anchor : dict of str to Tensor, optional
+        The personal part at the start of training (``model.json``'s): the target of the
+        ``personal_l2`` penalty with ``personal-l2-target="init"``, where it is required.
 
     Returns
     -------
@@ -587,7 +685,7 @@ def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal
     y_t = torch.as_tensor(codes, dtype=torch.int64)
     module = template.module_
     loss = make_loss(module, dict(module.named_buffers()), X_t, y_t)
-    engine = make_engine("loop", loss, shared)
+    engine = make_engine("loop", loss, shared, **settings.step_options(anchor))
     state = {k: v[None].clone() for k, v in personal.items()}
     # server_lr=1 makes run_round's average of this one client its own shared parameters; the
     # server applies its own step to the average over the nodes.
@@ -595,7 +693,7 @@ def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal
         algorithm=ALGORITHMS[settings.algorithm], engine=engine, shared=dict(shared), personal_state=state,
         counts=np.array([len(X)]), offsets=np.array([0]), sampled=np.array([0]),
         rng=RoundKeys(settings.seed, server_round), client_ids=np.array([partition_id]),
-        batch_size=settings.batch_size, steps=settings.steps(), lr=settings.step_sizes(), server_lr=1.0,
+        batch_size=settings.batch_size, steps=settings.steps(), lr=settings.step_sizes(server_round), server_lr=1.0,
         chunk_size=None, device=torch.device("cpu"), aggregate=True)
     if not result.finite:
         raise FloatingPointError(f"Node {partition_id}: the loss became NaN or infinite in round {server_round}; "
@@ -830,7 +928,8 @@ def train_handler(msg, context, app_dir):
     personal, source = node.store.load(context, spec.personal)
     start = _digest(personal)
     new_shared, new_personal, result = local_round(template, node.X, node.y, shared, personal, settings,
-                                                   server_round=server_round, partition_id=node.partition_id)
+                                                   server_round=server_round, partition_id=node.partition_id,
+                                                   anchor=spec.personal)
     loss = result.loss_sum / max(result.row_count, 1.0)
     node.store.save(context, new_personal, server_round=server_round, run_id=context.run_id, source=source,
                     start=start, loss=loss)
@@ -972,8 +1071,10 @@ def _strategy_class():
           values) and a positive ``num-examples``; a refused or failed reply is left out of the round;
         - averages the accepted replies in the order of their ``partition-id``, weighted by
           ``num-examples`` (or equally, with ``settings.weighting="uniform"``), with
-          :class:`pfedest.server.WeightedAverage`, then takes the server step
-          ``u + server_lr * (mean - u)``;
+          :class:`pfedest.server.WeightedAverage`, then takes the server step with its
+          :class:`pfedest.server.ServerOptimizer` (``server_optimizer``, ``server_lr``,
+          ``server_momentum``; plain ``u + server_lr * (mean - u)`` by default), whose state (momentum,
+          Adam's moments) it keeps from round to round;
         - keeps a record of every round in :attr:`rounds`: which nodes were asked, which replied
           with which keys and sizes, which failed and why.
 
@@ -996,12 +1097,14 @@ def _strategy_class():
             self.rounds: list[dict] = []
             self._current: Optional[Params] = None
             self.partitions: Dict[int, int] = {}  # node id -> partition-id, from the nodes' replies
+            self.server = settings.make_server_optimizer()
 
         def summary(self) -> None:
             s = self.settings
             logger.info("PersonalizedFedAvg: %s, %d shared arrays, clients per round %s, min nodes %d, "
-                        "server lr %s, %s weighting, seed %d", s.algorithm, len(self.layout), s.clients_per_round,
-                        s.min_nodes, s.server_lr, s.weighting, s.seed)
+                        "server %s (lr %s, momentum %s), %s weighting, seed %d", s.algorithm, len(self.layout),
+                        s.clients_per_round, s.min_nodes, s.server_optimizer, s.server_lr, s.server_momentum,
+                        s.weighting, s.seed)
 
         def _connected(self, grid) -> list:
             deadline = time.monotonic() + self.settings.node_wait
@@ -1128,7 +1231,7 @@ def _strategy_class():
             weights = torch.tensor([1.0 if uniform else float(m[self.weighted_by_key]) for m, _, _ in accepted])
             average = WeightedAverage()
             average.add(stacked, weights)
-            new_shared = average.step(self._current, float(self.settings.server_lr))
+            new_shared = self.server.step(self._current, average.mean())
             loss_sum = sum(float(m.get("train-loss-sum", 0.0)) for m, _, _ in accepted)
             rows = sum(float(m.get("train-rows", 0.0)) for m, _, _ in accepted)
             record.update(train_loss=loss_sum / rows if rows else None, n_accepted=len(accepted),
@@ -1390,7 +1493,9 @@ def run_config_for(estimator, **overrides) -> dict:
     Parameters
     ----------
     estimator : PartialPersonalizedClassifier
-        Its training settings (rounds, algorithm, learning rates, steps, ...) are read.
+        Its training settings (rounds, algorithm, learning rates, steps, schedule, clipping,
+        ``personal_l2``, server optimizer, ...) are read. A ``lr_schedule`` that is not one of
+        :mod:`pfedest.schedules`' own gives ``lr-schedule = "constant"`` (:func:`write_model` warns).
     **overrides
         Run-config values to set instead (``-`` or ``_`` in the keys).
 
@@ -1405,15 +1510,27 @@ def run_config_for(estimator, **overrides) -> dict:
     >>> cfg = run_config_for(PartialPersonalizedClassifier(algorithm="fedsim", n_rounds=7))
     >>> cfg["algorithm"], cfg["num-rounds"], cfg["personal-steps"]
     ('fedsim', 7, -1)
+    >>> from pfedest.schedules import StepLR
+    >>> cfg = run_config_for(PartialPersonalizedClassifier(lr_schedule=StepLR(step_rounds=3), clip_grad_norm=1.0))
+    >>> cfg["lr-schedule"], cfg["lr-step-rounds"], cfg["clip-grad-norm"]
+    ('step', 3, 1.0)
     """
     p = estimator.get_params(deep=False)
     seed = p.get("random_state")
+    defaults = RunSettings()
+    schedule = {f"lr-{name}".replace("_", "-"): getattr(defaults, f"lr_{name}")
+                for cls in SCHEDULES.values() for name in cls().get_params()}
+    schedule.update(_schedule_config(p["lr_schedule"]) or {"lr-schedule": "constant"})
     config = {
         "num-rounds": int(p["n_rounds"]), "algorithm": p["algorithm"], "lr": float(p["lr"]),
         "personal-lr": float(p["personal_lr"] or 0.0), "batch-size": int(p["batch_size"]),
         "personal-steps": -1 if p["personal_steps"] is None else int(p["personal_steps"]),
         "shared-steps": -1 if p["shared_steps"] is None else int(p["shared_steps"]),
-        "server-lr": float(p["server_lr"]), "weighting": p["weighting"], "clients-per-round": p["clients_per_round"],
+        "server-lr": float(p["server_lr"]), "server-optimizer": p["server_optimizer"],
+        "server-momentum": float(p["server_momentum"]),
+        "clip-grad-norm": 0.0 if p["clip_grad_norm"] is None else float(p["clip_grad_norm"]),
+        "personal-l2": float(p["personal_l2"]), "personal-l2-target": p["personal_l2_target"], **schedule,
+        "weighting": p["weighting"], "clients-per-round": p["clients_per_round"],
         "min-nodes": 2, "node-wait": 300.0, "round-timeout": 600.0, "straggler-wait": 0.0, "evaluate-every": 0,
         "poll-interval": 0.0, "seed": int(seed) if isinstance(seed, (int, np.integer)) else 0,
         "keep-rounds": False, "result-dir": "pfedest-result",
@@ -1573,6 +1690,14 @@ def load_result(result_dir, state_dirs: Iterable = ()):
                       personal_steps=None if settings["personal_steps"] == -1 else settings["personal_steps"],
                       shared_steps=None if settings["shared_steps"] == -1 else settings["shared_steps"],
                       server_lr=settings["server_lr"], clients_per_round=settings["clients_per_round"])
+        if "lr_schedule" in settings:  # written by releases that carry these settings out
+            run = RunSettings(**{f.name: settings[f.name] for f in fields(RunSettings) if f.name in settings})
+            schedule = run.schedule()
+            params.update(server_optimizer=run.server_optimizer, server_momentum=run.server_momentum,
+                          clip_grad_norm=run.clip_grad_norm or None, personal_l2=run.personal_l2,
+                          personal_l2_target=run.personal_l2_target,
+                          lr_schedule=run.lr_schedule if schedule.get_params() == type(schedule)().get_params()
+                          else schedule)
     accepted = set(est.get_params(deep=False))
     est.set_params(**{k: v for k, v in params.items() if k in accepted})
     return est

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,9 @@ from pfedest.engine import make_engine, run_round
 from pfedest.flower import (RunSettings, export_app, load_result, local_round, personal_metrics, read_model,
                             run_config_for, write_model)
 from pfedest.model import make_loss
+from pfedest.callbacks import Callback
 from pfedest.sampling import RoundKeys
+from pfedest.schedules import LinearLR, StepLR, make_schedule
 from pfedest.server import WeightedAverage
 
 CPU = torch.device("cpu")
@@ -85,6 +88,43 @@ def test_run_settings_read_the_run_config_and_name_bad_values():
                        ("personal-steps", -2), ("evaluate-every", -3), ("seed", -1)]:
         with pytest.raises(ValueError, match=key):
             RunSettings.from_config({key: value})
+
+
+@pytest.mark.parametrize("key, value", [
+    ("clip-grad-norm", -1.0), ("clip-grad-norm", "1.0"), ("personal-l2", float("nan")), ("personal-l2", True),
+    ("personal-l2-target", "start"), ("lr-schedule", "cosine"), ("lr-warmup-rounds", -1),
+    ("lr-warmup-rounds", 1.5), ("lr-final", -0.5), ("lr-step-rounds", 0), ("lr-gamma", 0.0),
+    ("server-optimizer", "adagrad"), ("server-momentum", 1.0), ("server-momentum", -0.1)])
+def test_run_settings_refuse_bad_training_options_naming_the_key(key, value):
+    with pytest.raises(ValueError, match=f"Run config {key}={value!r} is invalid"):
+        RunSettings.from_config({key: value})
+
+
+def test_example_apps_run_config_has_every_setting():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    from dataclasses import fields
+
+    path = Path(__file__).parents[1] / "examples" / "flower_app" / "pyproject.toml"
+    config = tomllib.loads(path.read_text())["tool"]["flwr"]["app"]["config"]
+    assert sorted(config) == sorted(f.name.replace("_", "-") for f in fields(RunSettings))
+    RunSettings.from_config(config)
+
+
+def _module_level_schedule(round_index, n_rounds):  # importable, but a callable the app cannot rebuild
+    return 0.5
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "step", LinearLR(warmup_rounds=2, final=0.1),
+                                      StepLR(step_rounds=2, gamma=0.3)])
+def test_run_config_carries_the_learning_rate_schedule(schedule):
+    n_rounds = 12  # past StepLR's default step_rounds=10
+    settings = RunSettings.from_config(run_config_for(small_estimator(lr_schedule=schedule, n_rounds=n_rounds)))
+    expected = make_schedule(schedule)
+    got = [settings.step_sizes(server_round=r + 1) for r in range(n_rounds)]
+    assert [(s.shared, s.personal) for s in got] == [(0.2 * expected(r, n_rounds),) * 2 for r in range(n_rounds)]
     with pytest.raises(ValueError, match="no local step"):
         RunSettings.from_config({"personal-steps": 0, "shared-steps": 0})
 
@@ -141,10 +181,29 @@ def test_model_file_refuses_what_nodes_cannot_import(tmp_path, monkeypatch):
     monkeypatch.setattr(MainModule, "__module__", "__main__")
     with pytest.raises(ValueError, match="__main__"):
         write_model(small_estimator(module=MainModule), tmp_path / "m.json", classes=[0, 1], n_features=5)
-    if "clip_grad_norm" not in PartialPersonalizedClassifier().get_params():
-        pytest.skip("this estimator has no setting that the Flower app ignores")
-    with pytest.warns(UserWarning, match="clip_grad_norm"):
-        write_model(small_estimator(clip_grad_norm=1.0), tmp_path / "m.json", classes=[0, 1], n_features=5)
+
+
+def test_write_model_carries_the_training_options_and_warns_for_the_rest(tmp_path):
+    options = dict(clip_grad_norm=0.5, personal_l2=0.1, personal_l2_target="init",
+                   lr_schedule=StepLR(step_rounds=2, gamma=0.3), server_optimizer="sgd", server_momentum=0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec = read_model(write_model(small_estimator(**options), tmp_path / "m.json", classes=[0, 1],
+                                      n_features=5))
+    stored = spec.estimator_params()
+    assert stored["lr_schedule"].get_params() == options.pop("lr_schedule").get_params()
+    assert {k: stored[k] for k in options} == options
+    cfg = run_config_for(small_estimator(**options))
+    assert (cfg["clip-grad-norm"], cfg["personal-l2"], cfg["personal-l2-target"], cfg["server-optimizer"],
+            cfg["server-momentum"]) == (0.5, 0.1, "init", "sgd", 0.9)
+    for name, value in [("pretrain_rounds", 1), ("finetune_epochs", 1), ("callbacks", [Callback()]),
+                        ("lr_schedule", _module_level_schedule)]:
+        with pytest.warns(UserWarning, match=f"not carry out these estimator settings: {name}="):
+            spec = read_model(write_model(small_estimator(**{name: value}), tmp_path / "m.json", classes=[0, 1],
+                                          n_features=5))
+        assert name not in spec.estimator_params()
+    # A callable schedule cannot travel: the app's run config trains with the constant rate.
+    assert run_config_for(small_estimator(lr_schedule=_module_level_schedule))["lr-schedule"] == "constant"
 
 
 def test_export_app_writes_a_flower_app_and_refuses_to_overwrite(tmp_path):
@@ -360,10 +419,21 @@ class _InProcessGrid:
         return replies
 
 
-@pytest.mark.parametrize("algorithm, per_round", [("fedalt", 2), ("fedsim", 3)])
-def test_flower_rounds_in_process_reproduce_the_estimators_fit(tmp_path, monkeypatch, algorithm, per_round):
+TRAINING_OPTIONS = {
+    "adam": dict(clip_grad_norm=0.5, personal_l2=0.1, personal_l2_target="init", lr_schedule="linear",
+                 server_optimizer="adam", server_lr=0.05),
+    "momentum": dict(clip_grad_norm=0.5, personal_l2=0.1, personal_l2_target="zero",
+                     lr_schedule=StepLR(step_rounds=2, gamma=0.3), server_optimizer="sgd", server_momentum=0.9),
+}
+
+
+@pytest.mark.parametrize("algorithm, per_round, options", [
+    ("fedalt", 2, "plain"), ("fedsim", 3, "plain"), ("fedalt", 2, "adam"), ("fedsim", 2, "momentum")])
+def test_flower_rounds_in_process_reproduce_the_estimators_fit(tmp_path, monkeypatch, algorithm, per_round, options):
     """The strategy and the nodes' train handler, for a few rounds, give est.fit's sampled clients,
-    shared and personal parameters: every draw is keyed by (seed, round, partition-id)."""
+    shared and personal parameters: every draw is keyed by (seed, round, partition-id). So do the
+    training options the app carries out: gradient clipping, the personal L2 penalty (towards zero
+    or the initial personal part), the learning-rate schedule and the server's optimizer."""
     pytest.importorskip("flwr")
     from flwr.app import ConfigRecord
 
@@ -381,9 +451,12 @@ def test_flower_rounds_in_process_reproduce_the_estimators_fit(tmp_path, monkeyp
     X, y, c = make_shifted_clients(n_clients=n_clients, n_samples_per_client=(20, 45), n_features=5, n_classes=3,
                                    random_state=1)
     # seed 5 samples clients (0, 2), (0, 1), (1, 2) in rounds 1-3 (with 2 per round)
-    params = dict(algorithm=algorithm, clients_per_round=per_round, n_rounds=n_rounds, random_state=5)
+    params = dict(algorithm=algorithm, clients_per_round=per_round, n_rounds=n_rounds, random_state=5,
+                  **TRAINING_OPTIONS.get(options, {}))
     fitted = small_estimator(**params).fit(X, y, client_ids=c)
-    app = export_app(small_estimator(**params), tmp_path / "app", classes=np.unique(y), n_features=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing of the estimator's is left out of the app
+        app = export_app(small_estimator(**params), tmp_path / "app", classes=np.unique(y), n_features=5)
     app_dir = app / "pfedest_app"
     node_configs = {}
     for p in range(n_clients):  # node ids in the reverse order of the partitions
@@ -426,7 +499,16 @@ def test_load_result_builds_an_estimator_that_predicts_per_node(tmp_path):
         store = NodeStore(tmp_path / f"state{i}", spec.app_id, i)
         store.save(_context({}, {}, RecordDict()), {k: v[i] for k, v in est.personal_params_.items()},
                    server_round=2, run_id=1, source="init", start="", loss=0.0)
+    # The run's settings (rounds.json) are the loaded estimator's, the training options among them.
+    from dataclasses import asdict
+
+    run = RunSettings.from_config(run_config_for(est, server_optimizer="adam", lr_schedule="step", lr_gamma=0.2,
+                                                 clip_grad_norm=0.5, personal_l2_target="init"))
+    (tmp_path / "result" / "rounds.json").write_text(json.dumps({"settings": asdict(run), "rounds": []}))
     loaded = load_result(tmp_path / "result", [tmp_path / f"state{i}" for i in reversed(range(N_NODES))])
+    got = loaded.get_params()
+    assert (got["server_optimizer"], got["clip_grad_norm"], got["personal_l2_target"]) == ("adam", 0.5, "init")
+    assert got["lr_schedule"].get_params() == StepLR(gamma=0.2).get_params()
     assert loaded.clients_.tolist() == list(range(N_NODES))
     np.testing.assert_array_equal(loaded.predict(X, client_ids=c), est.predict(X, client_ids=c))
     assert loaded.get_params()["hidden_layer_sizes"] == (8,)
