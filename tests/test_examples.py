@@ -11,6 +11,16 @@ def test_quickstart_table_has_the_baselines_and_head_beats_fedavg(capsys, load_e
         assert summary["worst"] <= summary["mean"] <= 1
 
 
+def test_quickstart_over_seeds_summarizes_each_model_and_fedalt_minus_fedsim(capsys, load_example):
+    per_seed = load_example("quickstart").main(["--clients", "6", "--rounds", "3", "--seeds", "2", "--seed", "3"])
+    out = capsys.readouterr().out
+    assert len(per_seed) == 2 and "seeds 3..4" in out
+    head = [r["FedAlt, personal head"]["mean"] for r in per_seed]
+    assert f"| {'FedAlt, personal head':<30} | {sum(head) / 2:.3f} | {min(head):.3f} | {max(head):.3f} |" in out
+    diffs = [r["FedAlt, personal head"]["mean"] - r["FedSim, personal head"]["mean"] for r in per_seed]
+    assert f"FedAlt - FedSim (personal head): {diffs[0]:+.3f} {diffs[1]:+.3f};" in out
+
+
 def test_paper_pipeline_runs_every_stage_and_saves_its_figure(tmp_path, capsys, load_example):
     rows = load_example("paper_pipeline").main(["--quick", "--out", str(tmp_path / "pipeline.png")])
     assert (tmp_path / "pipeline.png").stat().st_size > 10_000
