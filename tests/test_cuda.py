@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pfedest import PartialPersonalizedClassifier
+from pfedest import Checkpoint, PartialPersonalizedClassifier
+
+from test_checkpoint import CrashAt  # raises at the end of a round, before Checkpoint saves it
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -37,3 +39,20 @@ def test_pickle_holds_cpu_tensors(federated):
     assert all(not v.is_cuda for v in state["shared_params_"].values())
     loaded = pickle.loads(pickle.dumps(est))
     np.testing.assert_allclose(loaded.predict_proba(X, client_ids=c), est.predict_proba(X, client_ids=c), rtol=1e-5)
+
+
+def test_a_checkpoint_written_on_cuda_resumes_on_the_cpu(federated, tmp_path):
+    X, y, c = federated
+    params = dict(n_rounds=6, clients_per_round=3, random_state=0)
+    with pytest.raises(KeyboardInterrupt):
+        PartialPersonalizedClassifier(**params, device="cuda", callbacks=[Checkpoint(tmp_path, every=2), CrashAt(5)]).fit(
+            X, y, client_ids=c)
+    reference = PartialPersonalizedClassifier(**params, device="cuda").fit(X, y, client_ids=c)
+    resumed = PartialPersonalizedClassifier(**params, device="cpu", callbacks=[Checkpoint(tmp_path, every=2)]).fit(
+        X, y, client_ids=c)
+    assert resumed.callbacks_[0].resumed_from_.endswith("round-000004.ckpt") and resumed.device_.type == "cpu"
+    assert resumed.history_[:, "clients"] == reference.history_[:, "clients"]
+    for k in reference.shared_params_:  # float rounding differs between the devices: test_gpu_and_cpu_runs_agree's tolerance
+        torch.testing.assert_close(resumed.shared_params_[k], reference.shared_params_[k].cpu(), rtol=1e-3, atol=1e-4)
+    for k in reference.personal_params_:
+        torch.testing.assert_close(resumed.personal_params_[k], reference.personal_params_[k].cpu(), rtol=1e-3, atol=1e-4)

@@ -120,9 +120,10 @@ def test_unseen_clients_raise_by_default_and_can_use_the_average(federated):
     from pfedest.model import personalized_logits
 
     with torch.no_grad():
-        logits = personalized_logits(est.module_, {}, est.shared_params_, average, torch.as_tensor(X[:1]),
-                                     torch.zeros(1, dtype=torch.int64))
-    np.testing.assert_allclose(proba, torch.softmax(logits.double(), 1).numpy(), rtol=1e-5)
+        logits = personalized_logits(est.module_, {}, est.shared_params_, average,
+                                     torch.as_tensor(X[:1], device=est.device_),
+                                     torch.zeros(1, dtype=torch.int64, device=est.device_))
+    np.testing.assert_allclose(proba, torch.softmax(logits.double(), 1).cpu().numpy(), rtol=1e-5)
 
 
 def test_personalize_trains_new_clients_with_the_shared_part_frozen(federated):

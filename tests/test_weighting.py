@@ -57,8 +57,9 @@ def linear_round(weights, seed=0, sampled=(4, 1, 3, 0), chunk_size=2):
 
 
 def weighted_mean(returned, w):
+    """On the CPU, in float64, whatever device the estimator trained on."""
     w = torch.as_tensor(np.asarray(w, dtype=np.float64))
-    return {k: torch.tensordot(w, v.double(), dims=1) / w.sum() for k, v in returned.items()}
+    return {k: torch.tensordot(w, v.double().cpu(), dims=1) / w.sum() for k, v in returned.items()}
 
 
 # ------------------------------------------------------------------------------ run_round
@@ -147,7 +148,7 @@ def test_uniform_weighting_is_the_unweighted_mean_of_what_the_clients_sent(feder
     for k, v in returned.items():
         torch.testing.assert_close(est.shared_params_[k], v.mean(0), rtol=1e-5, atol=1e-6)
     by_rows = weighted_mean(returned, rows)
-    assert max(float((est.shared_params_[k].double() - by_rows[k]).abs().max()) for k in returned) > 1e-4
+    assert max(float((est.shared_params_[k].double().cpu() - by_rows[k]).abs().max()) for k in returned) > 1e-4
 
 
 def test_samples_is_the_default_and_weighs_by_rows(federated, spied):
@@ -155,7 +156,7 @@ def test_samples_is_the_default_and_weighs_by_rows(federated, spied):
     est, returned, rows = one_full_round(federated, spied)
     by_rows = weighted_mean(returned, rows)
     for k in returned:
-        torch.testing.assert_close(est.shared_params_[k].double(), by_rows[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(est.shared_params_[k].double().cpu(), by_rows[k], rtol=1e-5, atol=1e-6)
 
 
 @settings(max_examples=3, deadline=None, database=None)
