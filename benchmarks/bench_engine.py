@@ -8,8 +8,8 @@ minibatch indices, interleaved round by round in one process:
 - fastest loop: the honest baseline of PERFORMANCE.md, what PFLlib-style simulators do at best: one
   ``nn.Module`` reused, ``load_state_dict`` of the client's (shared + personal) state, a fresh
   ``torch.optim.SGD``, plain ``loss.backward()`` steps, clients one after another.
-- pfedest loop: ``pfedest.engine.run_round(engine="loop")``.
-- pfedest vmap: ``pfedest.engine.run_round(engine="vmap")`` (all sampled clients in one chunk).
+- pfedest loop: ``pfedest.core.rounds.run_round(engine="loop")``.
+- pfedest vmap: ``pfedest.core.rounds.run_round(engine="vmap")`` (all sampled clients in one chunk).
 
 Each configuration first runs one warm-up round from an identical state in every engine and checks
 that they return the same averaged shared parameters (and personal parameters); then the median of
@@ -36,12 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pfedest.algorithms import ALGORITHMS, StepSizes
-from pfedest.engine import make_engine, run_round
-from pfedest.model import make_loss
-from pfedest.modules import MLP, SmallCNN
-from pfedest.sampling import minibatch_stream, sample_clients
-from pfedest.splits import HeadSplit
+from pfedest.core.algorithms import ALGORITHMS, StepSizes
+from pfedest.core.engine import make_engine
+from pfedest.core.rounds import run_round
+from pfedest.core.model import make_loss
+from pfedest.nn.modules import MLP, SmallCNN
+from pfedest.core.sampling import minibatch_stream, sample_clients
+from pfedest.nn.splits import HeadSplit
 
 ROWS_PER_CLIENT = 64
 BATCH = 16

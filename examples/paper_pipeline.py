@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from pfedest import EvaluateClients, PartialPersonalizedClassifier
 from pfedest.datasets import make_shifted_clients
-from pfedest.report import client_accuracies
+from pfedest.evaluation.report import client_accuracies
 
 SPLITS = ("head", "input", "adapters")
 ALGORITHMS = ("fedalt", "fedsim")

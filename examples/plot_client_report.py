@@ -22,9 +22,9 @@ import torch
 
 from pfedest import PartialPersonalizedClassifier
 from pfedest.datasets import load_federated_digits
-from pfedest.model_selection import train_test_split
-from pfedest.plotting import plot_client_change, plot_client_scatter
-from pfedest.report import client_report
+from pfedest.evaluation.model_selection import train_test_split
+from pfedest.evaluation.plotting import plot_client_change, plot_client_scatter
+from pfedest.evaluation.report import client_report
 
 
 def main(argv=None):

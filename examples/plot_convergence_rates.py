@@ -1,13 +1,13 @@
 """Convergence rates of FedAlt and FedSim on problems whose constants are known: measured against predicted.
 
 On a personalized least-squares problem (and a logistic regression) this runs FedAlt and FedSim
-through pfedest's own round (``pfedest.engine.run_round``) and compares, on log-log axes, the
+through pfedest's own round (``pfedest.core.rounds.run_round``) and compares, on log-log axes, the
 average over ``T`` rounds of the stationarity measure the theory bounds with what it predicts:
 
 - full gradients, all clients, constant step: slope -1, and below the descent bound of
-  ``pfedest.rates.descent_bound`` at every ``T``; the last iterate converges linearly at the
-  spectral radius of the round (``pfedest.rates.linear_rate``);
-- minibatch noise, all clients, step tuned to ``T`` (``pfedest.rates.tuned_eta``): slope -1/2;
+  ``pfedest.theory.rates.descent_bound`` at every ``T``; the last iterate converges linearly at the
+  spectral radius of the round (``pfedest.theory.rates.linear_rate``);
+- minibatch noise, all clients, step tuned to ``T`` (``pfedest.theory.rates.tuned_eta``): slope -1/2;
 - full gradients, ``m`` of ``n`` clients per round, step tuned to ``T``: slope -1/2.
 
 It prints the table of measured and predicted slopes and saves ``convergence_rates.png``.
@@ -28,8 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pfedest.problems import make_least_squares, make_logistic, run  # noqa: E402
-from pfedest.rates import (PREDICTED_SLOPES, fit_linear_rate, fit_slope, linear_rate, theory_step_sizes,  # noqa: E402
+from pfedest.theory.problems import make_least_squares, make_logistic, run  # noqa: E402
+from pfedest.theory.rates import (PREDICTED_SLOPES, fit_linear_rate, fit_slope, linear_rate, theory_step_sizes,  # noqa: E402
                            trajectory_bound, tuned_eta)
 
 ALGORITHMS = ("fedalt", "fedsim")

@@ -1,10 +1,10 @@
 """When does FedAlt beat FedSim? Sweeps over the two knobs the theory names: coupling and personal noise.
 
-Personalized least squares (``pfedest.problems.make_least_squares``), FedAlt and FedSim run through
-``pfedest.engine.run_round``, one local step per block:
+Personalized least squares (``pfedest.theory.problems.make_least_squares``), FedAlt and FedSim run through
+``pfedest.core.rounds.run_round``, one local step per block:
 
 1. **Coupling ``chi``, full gradients.** The round is then an affine map whose spectral radius
-   (``pfedest.rates.linear_rate``) is the per-round convergence factor. FedSim's descent lemma
+   (``pfedest.theory.rates.linear_rate``) is the per-round convergence factor. FedSim's descent lemma
    needs ``eta < 2 / (1 + chi)``, FedAlt's only ``eta < 2`` (``docs/theory.md``): as ``chi`` grows
    FedSim slows down and, at a large step, diverges, while FedAlt does not; at ``chi = 0`` the two
    are the same method. Predicted curves, measured markers.
@@ -31,8 +31,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pfedest.problems import make_least_squares, run  # noqa: E402
-from pfedest.rates import linear_rate, theory_step_sizes  # noqa: E402
+from pfedest.theory.problems import make_least_squares, run  # noqa: E402
+from pfedest.theory.rates import linear_rate, theory_step_sizes  # noqa: E402
 
 ALGORITHMS = ("fedalt", "fedsim")
 NAMES = {"fedalt": "FedAlt", "fedsim": "FedSim"}

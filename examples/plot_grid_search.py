@@ -26,9 +26,9 @@ from sklearn.model_selection import GridSearchCV
 
 from pfedest import AdapterSplit, HeadSplit, PartialPersonalizedClassifier
 from pfedest.datasets import load_federated_digits
-from pfedest.model_selection import ClientKFold, personal_fractions, train_test_split
-from pfedest.plotting import plot_grid_search, split_name
-from pfedest.report import client_report
+from pfedest.evaluation.model_selection import ClientKFold, personal_fractions, train_test_split
+from pfedest.evaluation.plotting import plot_grid_search, split_name
+from pfedest.evaluation.report import client_report
 
 GRID = [
     {"split": ["none", "full"]},  # the two ends: nothing personal (FedAvg), everything personal

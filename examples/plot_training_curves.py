@@ -25,7 +25,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 
 from pfedest import PartialPersonalizedClassifier  # noqa: E402
 from pfedest.datasets import make_shifted_clients  # noqa: E402
-from pfedest.report import client_accuracies  # noqa: E402
+from pfedest.evaluation.report import client_accuracies  # noqa: E402
 
 SPLITS = {"head": "personal output layer", "input": "personal input layer", "adapters": "personal adapters"}
 COLORS = {"fedalt": "tab:blue", "fedsim": "tab:orange", "fedavg": "0.5"}

@@ -18,7 +18,7 @@ from sklearn.model_selection import train_test_split
 
 from pfedest import PartialPersonalizedClassifier
 from pfedest.datasets import make_shifted_clients
-from pfedest.report import client_accuracies, summarize
+from pfedest.evaluation.report import client_accuracies, summarize
 
 RUNS = [  # (label, split, algorithm)
     ("FedAvg (nothing personal)", "none", "fedalt"),

@@ -2,9 +2,13 @@
 
 __version__ = "0.1.0"
 
+from . import _moved  # noqa: E402
+
+_moved.install()
+
 from .callbacks import Callback, Checkpoint, EarlyStopping, EvaluateClients  # noqa: E402
 from .estimator import PartialPersonalizedClassifier  # noqa: E402
-from .splits import (AdapterSplit, FullSplit, FunctionSplit, HeadSplit, InputSplit, NameSplit, NoSplit, Split,
+from .nn.splits import (AdapterSplit, FullSplit, FunctionSplit, HeadSplit, InputSplit, NameSplit, NoSplit, Split,
                      make_split)
 
 __all__ = [

@@ -16,14 +16,14 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from .callbacks import Checkpoint
-from .devices import resolve_device, to_device
-from .engine import ENGINES, bytes_per_client, choose_engine
+from .core.devices import resolve_device, to_device
+from .core.engine import ENGINES, bytes_per_client, choose_engine
 from .history import History
-from .model import personalized_logits
-from .modules import default_module
-from .schedules import SCHEDULES
+from .core.model import personalized_logits
+from .nn.modules import default_module
+from .core.schedules import SCHEDULES
 from .training import client_data, run_plan
-from .splits import NAMED_SPLITS, make_split
+from .nn.splits import NAMED_SPLITS, make_split
 
 
 class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
@@ -46,7 +46,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         Which parameters are personal: ``"head"`` (output layer), ``"input"`` (first layer),
         ``"adapters"`` (residual adapters inserted after each hidden layer), ``"full"`` (everything:
         local training), ``"none"`` (nothing: FedAvg); a list of parameter-name glob patterns; a
-        callable ``(name, param) -> bool``; or a :class:`~pfedest.splits.Split` object, whose
+        callable ``(name, param) -> bool``; or a :class:`~pfedest.nn.splits.Split` object, whose
         ``fraction`` is tunable as ``split__fraction``.
     algorithm : {"fedalt", "fedsim"}, default="fedalt"
         FedAlt updates the personal part first (shared part fixed), then the shared part (new
@@ -104,7 +104,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         are the same.
     lr_schedule : {"constant", "linear", "step"} or callable, default="constant"
         Factor of the client learning rates per round, over each stage's rounds: a name, a schedule
-        from :mod:`pfedest.schedules` (``LinearLR(warmup_rounds=5)``, ``StepLR(step_rounds=20)``), or
+        from :mod:`pfedest.core.schedules` (``LinearLR(warmup_rounds=5)``, ``StepLR(step_rounds=20)``), or
         a callable ``(round_index, n_rounds) -> factor``.
     clip_grad_norm : float or None, default=None
         Clip each local step's gradient (of the blocks it trains) to this norm.
@@ -372,7 +372,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
     def client_report(self, X, y, client_ids, baseline=None):
         """Every client's accuracy on its own rows, against a ``baseline`` model if given.
 
-        See :func:`pfedest.report.client_report` (summary rows, clients made worse, worst client).
+        See :func:`pfedest.evaluation.report.client_report` (summary rows, clients made worse, worst client).
 
         Parameters
         ----------
@@ -382,9 +382,9 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
 
         Returns
         -------
-        report : pfedest.report.ClientReport
+        report : pfedest.evaluation.report.ClientReport
         """
-        from .report import client_report
+        from .evaluation.report import client_report
 
         return client_report(self, X, y, client_ids, baseline=baseline)
 
@@ -452,7 +452,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
     def _draw_seed(self, drawn: int) -> int:
-        """The seed of the rounds' keyed draws (:class:`~pfedest.sampling.RoundKeys`): an int
+        """The seed of the rounds' keyed draws (:class:`~pfedest.core.sampling.RoundKeys`): an int
         ``random_state`` itself, so that it equals the Flower app's ``seed``; else ``drawn``."""
         rs = self.random_state
         if isinstance(rs, Integral) and not isinstance(rs, (bool, np.bool_)):

@@ -21,10 +21,10 @@ from sklearn.base import BaseEstimator
 from . import __version__
 from .callbacks import keeps_state
 from .checkpoint import CheckpointError
-from .devices import to_device
+from .core.devices import to_device
 from .history import History
-from .schedules import make_schedule
-from .splits import make_split
+from .core.schedules import make_schedule
+from .nn.splits import make_split
 from .training import make_server_optimizer
 
 
@@ -62,7 +62,7 @@ def describe_setting(value):
 
     Examples
     --------
-    >>> from pfedest.schedules import StepLR
+    >>> from pfedest.core.schedules import StepLR
     >>> describe_setting(StepLR(step_rounds=5)), describe_setting((64, 64)), describe_setting(1.0)
     ('StepLR(gamma=0.5, step_rounds=5)', [64, 64], 1.0)
     >>> describe_setting(torch.nn.Linear(2, 3)), describe_setting(lambda r, n: 1.0)

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from numbers import Integral, Real
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .algorithms import ALGORITHMS, StepSizes
-from .engine import auto_chunk_size, make_engine, run_round
-from .model import make_loss
-from .sampling import RoundKeys, sample_clients
-from .schedules import make_schedule
-from .server import ServerOptimizer
-from .splits import make_split
+from .core.algorithms import ALGORITHMS, StepSizes
+from .core.engine import auto_chunk_size, make_engine
+from .core.rounds import run_round
+from .core.model import make_loss
+from .core.sampling import RoundKeys, n_sampled, sample_clients
+from .core.schedules import make_schedule
+from .core.server import ServerOptimizer
+from .nn.splits import make_split
 
 
 @dataclass
@@ -40,19 +40,11 @@ def chunk_size(est):
 
 
 def local_steps(est, algorithm):
-    per_block = {"personal": est.personal_steps, "shared": est.shared_steps}
-    steps = {name: per_block[block] for name, block in algorithm.streams.items()}
-    if all(s == 0 for s in steps.values()):
-        raise ValueError(f"{algorithm.name} would take no local step: personal_steps={est.personal_steps}, "
-                         f"shared_steps={est.shared_steps}.")
-    return steps
+    return algorithm.steps(est.personal_steps, est.shared_steps)
 
 
 def clients_per_round(est, n_clients):
-    m = est.clients_per_round
-    if isinstance(m, Real) and not isinstance(m, Integral):
-        return max(1, int(round(m * n_clients)))
-    return min(int(m), n_clients)
+    return n_sampled(est.clients_per_round, n_clients)
 
 
 def client_data(est, X, codes, rows) -> ClientData:

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pfedest.algorithms import ALGORITHMS, StepSizes, fedalt, fedsim, personal_only, sgd_step
+from pfedest.core.algorithms import ALGORITHMS, StepSizes, fedalt, fedsim, personal_only, sgd_step
 
 A = np.array([1.0, 2.0, -1.0, 0.5])
 B = np.array([0.5, -1.0, 2.0, 1.0])
@@ -164,7 +164,7 @@ def test_personal_l2_pulls_towards_zero_or_the_anchor(anchor):
 
 @pytest.mark.parametrize("trained", [(0,), (1,), (0, 1)])
 def test_autograd_and_torch_func_give_the_same_gradients_zero_for_unused(trained):
-    from pfedest.algorithms import sgd_gradients
+    from pfedest.core.algorithms import sgd_gradients
 
     shared = {"u": torch.tensor(0.5, dtype=torch.float64), "unused": torch.ones(3, dtype=torch.float64)}
     personal = {"v": torch.tensor(-0.25, dtype=torch.float64)}

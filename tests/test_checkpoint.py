@@ -17,8 +17,8 @@ import torch
 from pfedest import Callback, Checkpoint, HeadSplit, PartialPersonalizedClassifier
 from pfedest.checkpoint import (MAGIC, CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                 save_checkpoint)
-from pfedest.modules import MLP
-from pfedest.schedules import ConstantLR
+from pfedest.nn.modules import MLP
+from pfedest.core.schedules import ConstantLR
 from pfedest.resume import NOT_SETTINGS, SETTINGS, describe_setting, training_settings
 
 # On the CPU everywhere, so that bit-identical resumes are checked on GPU machines too; a checkpoint
@@ -288,7 +288,7 @@ def test_settings_are_described_the_same_in_every_process():
     settings = training_settings(make())
     assert json.dumps(settings) == json.dumps(training_settings(make()))
     assert "0x" not in json.dumps(settings)  # no memory address
-    assert settings["module"] == "pfedest.modules.MLP instance"
+    assert settings["module"] == "pfedest.nn.modules.MLP instance"
     assert settings["split"].startswith("FunctionSplit(func='") and settings["split"].endswith("<lambda>')")
     assert settings["lr_schedule"].endswith("<lambda>")
     assert settings["hidden_layer_sizes"] is None  # unused with a module

@@ -1,4 +1,4 @@
-"""Tests of pfedest.devices: resolving ``device=`` and moving state."""
+"""Tests of pfedest.core.devices: resolving ``device=`` and moving state."""
 
 import collections
 import warnings
@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from pfedest.devices import resolve_device, to_device
+from pfedest.core.devices import resolve_device, to_device
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 mps = getattr(torch.backends, "mps", None)

@@ -72,14 +72,14 @@ def test_api_modules_and_public_names_cover_the_package():
     from pfedest_api import public_names
 
     import pfedest
-    import pfedest.rates
-    import pfedest.report
+    import pfedest.theory.rates
+    import pfedest.evaluation.report
 
     modules = checker.api_modules()
-    assert "pfedest" in modules and "pfedest.algorithms" in modules and "pfedest.engine" in modules
+    assert "pfedest" in modules and "pfedest.core.algorithms" in modules and "pfedest.core.engine" in modules
     assert set(public_names("pfedest")) == set(pfedest.__all__) - {"__version__"}
-    assert public_names("pfedest.rates") == list(pfedest.rates.__all__)
-    report_names = public_names("pfedest.report")
+    assert public_names("pfedest.theory.rates") == list(pfedest.theory.rates.__all__)
+    report_names = public_names("pfedest.evaluation.report")
     assert "client_report" in report_names and "_predict" not in report_names
 
 

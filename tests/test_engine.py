@@ -5,13 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from pfedest import engine as engine_module
-from pfedest.algorithms import ALGORITHMS, StepSizes
-from pfedest.engine import choose_engine, make_engine, run_round
-from pfedest.model import make_loss
-from pfedest.modules import MLP
-from pfedest.sampling import minibatch_stream, sample_clients
-from pfedest.splits import HeadSplit, NoSplit
+from pfedest.core import engine as engine_module
+from pfedest.core.algorithms import ALGORITHMS, StepSizes
+from pfedest.core.engine import choose_engine, make_engine
+from pfedest.core.rounds import run_round
+from pfedest.core.model import make_loss
+from pfedest.nn.modules import MLP
+from pfedest.core.sampling import minibatch_stream, sample_clients
+from pfedest.nn.splits import HeadSplit, NoSplit
 
 COUNTS = np.array([7, 30, 12, 1, 25, 18])  # unequal, one client with a single row
 CPU = torch.device("cpu")
@@ -189,7 +190,7 @@ def test_auto_engine_falls_back_for_batchnorm_and_warns_when_vmap_is_forced():
 
 
 def test_memory_estimate_grows_with_model_and_batch_and_bounds_the_chunk():
-    from pfedest.engine import auto_chunk_size, bytes_per_client
+    from pfedest.core.engine import auto_chunk_size, bytes_per_client
 
     row = torch.zeros(1, 6)
     small, large = MLP(6, 3, (8,)), MLP(6, 3, (256, 256))

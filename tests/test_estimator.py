@@ -117,7 +117,7 @@ def test_unseen_clients_raise_by_default_and_can_use_the_average(federated):
     est.set_params(unseen_clients="average")
     proba = est.predict_proba(X[:1], client_ids=[99])
     average = {k: v.mean(0, keepdim=True) for k, v in est.personal_params_.items()}
-    from pfedest.model import personalized_logits
+    from pfedest.core.model import personalized_logits
 
     with torch.no_grad():
         logits = personalized_logits(est.module_, {}, est.shared_params_, average,

@@ -4,7 +4,7 @@ The network tests start ``flower-superlink --insecure`` and two ``flower-superno
 127.0.0.1 (free ports, state under ``tmp_path``), run one 4-round app with ``flwr run`` in which
 node 1 is killed in the middle of round 3 and restarted, and then check what the run left behind:
 which keys crossed the network, whether the model improved, whether the nodes' personal parameters
-differ, whether the run equals an in-process replay with :func:`pfedest.engine.run_round`, and
+differ, whether the run equals an in-process replay with :func:`pfedest.core.rounds.run_round`, and
 whether the killed node resumed from its file. They skip without ``flwr``.
 """
 
@@ -27,16 +27,17 @@ import pytest
 import torch
 
 from pfedest import PartialPersonalizedClassifier
-from pfedest.algorithms import ALGORITHMS
+from pfedest.core.algorithms import ALGORITHMS
 from pfedest.datasets import make_shifted_clients
-from pfedest.engine import make_engine, run_round
+from pfedest.core.engine import make_engine
+from pfedest.core.rounds import run_round
 from pfedest.flower import (RunSettings, export_app, load_result, local_round, personal_metrics, read_model,
                             run_config_for, write_model)
-from pfedest.model import make_loss
+from pfedest.core.model import make_loss
 from pfedest.callbacks import Callback
-from pfedest.sampling import RoundKeys
-from pfedest.schedules import LinearLR, StepLR, make_schedule
-from pfedest.server import WeightedAverage
+from pfedest.core.sampling import RoundKeys
+from pfedest.core.schedules import LinearLR, StepLR, make_schedule
+from pfedest.core.server import WeightedAverage
 
 CPU = torch.device("cpu")
 N_NODES = 2
@@ -263,7 +264,7 @@ def test_local_round_is_the_simulators_round_for_that_client():
     codes = np.searchsorted(est.classes_, y[order])
     loss = make_loss(est.module_, {}, torch.as_tensor(X[order]), torch.as_tensor(codes))
     algo = ALGORITHMS["fedalt"]
-    from pfedest.sampling import minibatch_stream
+    from pfedest.core.sampling import minibatch_stream
 
     keys = RoundKeys(5, 3)  # seed 5, round 3, as client 1 (the node's partition-id)
     streams = {}
@@ -683,7 +684,7 @@ def _personal(run, partition):
 
 def _replay(run, upto):
     """The run's rounds 1..upto in-process: each round, every node that answered runs
-    pfedest.engine.run_round on its rows of the whole federation with RoundKeys(seed, round), and the server
+    pfedest.core.rounds.run_round on its rows of the whole federation with RoundKeys(seed, round), and the server
     averages with WeightedAverage; returns the shared and the stacked personal parameters."""
     X, y, c = run["data"]
     spec = run["spec"]

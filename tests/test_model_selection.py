@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, cross_validate
 
 from pfedest import AdapterSplit, HeadSplit, PartialPersonalizedClassifier
-from pfedest.model_selection import ClientKFold, train_test_split
+from pfedest.evaluation.model_selection import ClientKFold, train_test_split
 
 client_arrays = st.lists(st.integers(0, 6), min_size=1, max_size=60).map(np.array)
 

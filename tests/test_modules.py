@@ -1,10 +1,10 @@
-"""Tests of pfedest.modules: default networks and adapters."""
+"""Tests of pfedest.nn.modules: default networks and adapters."""
 
 import pytest
 import torch
 from torch import nn
 
-from pfedest.modules import (
+from pfedest.nn.modules import (
     MLP,
     AdaptedLayer,
     Adapter,

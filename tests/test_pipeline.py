@@ -8,7 +8,7 @@ import torch
 from sklearn.base import clone
 
 from pfedest import Callback, EarlyStopping, EvaluateClients, PartialPersonalizedClassifier
-from pfedest.schedules import LinearLR, StepLR
+from pfedest.core.schedules import LinearLR, StepLR
 
 FAST = dict(n_rounds=3, clients_per_round=6, random_state=0)
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from pfedest import AdapterSplit, HeadSplit, PartialPersonalizedClassifier
-from pfedest.report import client_report
+from pfedest.evaluation.report import client_report
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pfedest.plotting import plot_client_change, plot_client_scatter, plot_grid_search, split_name  # noqa: E402
+from pfedest.evaluation.plotting import plot_client_change, plot_client_scatter, plot_grid_search, split_name  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import grad
 
-from pfedest.problems import PersonalizedLeastSquares, make_least_squares, make_logistic, run
-from pfedest.rates import linear_rate, reference_round, theory_step_sizes
-from pfedest.sampling import minibatch_stream
+from pfedest.theory.problems import PersonalizedLeastSquares, make_least_squares, make_logistic, run
+from pfedest.theory.rates import linear_rate, reference_round, theory_step_sizes
+from pfedest.core.sampling import minibatch_stream
 
 SMALL = dict(n_clients=4, n_samples_per_client=16, dim_shared=3, dim_personal=2)
 

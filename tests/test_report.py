@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn.dummy import DummyClassifier
 
 from pfedest import PartialPersonalizedClassifier
-from pfedest.report import SUMMARY_ROWS, client_accuracies, client_report, summarize
+from pfedest.evaluation.report import SUMMARY_ROWS, client_accuracies, client_report, summarize
 
 
 class Fixed:

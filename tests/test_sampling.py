@@ -1,4 +1,4 @@
-"""Tests of pfedest.sampling: client sampling and minibatch streams."""
+"""Tests of pfedest.core.sampling: client sampling and minibatch streams."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pfedest.sampling import ClientUniforms, RoundKeys, minibatch_stream, sample_clients
+from pfedest.core.sampling import ClientUniforms, RoundKeys, minibatch_stream, sample_clients
 
 FAST = settings(max_examples=30, deadline=None, database=None)
 
@@ -210,12 +210,13 @@ def test_keyed_draws_name_bad_input():
 
 
 def test_run_round_with_round_keys_trains_each_client_as_if_alone():
-    """Through run_round: a client's update does not depend on who else is sampled, and a
-    federation of that one client (client_ids naming it, as a Flower node does) gives the same."""
+    """Through draw_batches and client_updates: a client's update does not depend on who else is
+    sampled, and a federation of that one client (keyed by its id, as a Flower node does) gives the same."""
     import torch
 
-    from pfedest.algorithms import ALGORITHMS, StepSizes
-    from pfedest.engine import make_engine, run_round
+    from pfedest.core.algorithms import ALGORITHMS, StepSizes
+    from pfedest.core.engine import make_engine
+    from pfedest.core.rounds import client_updates, draw_batches
 
     counts = np.array([5, 9, 7])
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -229,11 +230,11 @@ def test_run_round_with_round_keys_trains_each_client_as_if_alone():
     def client_1(sampled, fed_counts, fed_offsets, position=1, client_ids=None):
         """Client 1's personal parameter after one FedAlt round; it sits at ``position`` of the federation."""
         personal = {"b": torch.zeros(len(fed_counts))}
-        run_round(algorithm=ALGORITHMS["fedalt"], engine=make_engine("loop", loss, {"w": torch.zeros(2)}),
-                  shared={"w": torch.zeros(2)}, personal_state=personal, counts=fed_counts, offsets=fed_offsets,
-                  sampled=sampled, rng=RoundKeys(3, 4), batch_size=2, steps={"personal": 3, "shared": 2},
-                  lr=StepSizes(0.1, 0.1), server_lr=1.0, chunk_size=None, device=torch.device("cpu"),
-                  client_ids=client_ids)
+        keys = sampled if client_ids is None else client_ids[sampled]
+        batches = draw_batches(ALGORITHMS["fedalt"], RoundKeys(3, 4), fed_counts[sampled], 2,
+                               {"personal": 3, "shared": 2}, keys=keys)
+        client_updates(ALGORITHMS["fedalt"], make_engine("loop", loss, {"w": torch.zeros(2)}), {"w": torch.zeros(2)},
+                       personal, sampled, batches, fed_offsets, StepSizes(0.1, 0.1), weights=fed_counts[sampled])
         return float(personal["b"][position])
 
     everyone = client_1(np.array([0, 1, 2]), counts, offsets)

@@ -1,4 +1,4 @@
-"""Tests of pfedest.server: the weighted average of shared parameters."""
+"""Tests of pfedest.core.server: the weighted average of shared parameters."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pfedest.server import WeightedAverage
+from pfedest.core.server import WeightedAverage
 
 FAST = settings(max_examples=30, deadline=None, database=None)
 
@@ -101,7 +101,7 @@ def test_no_client_added_returns_input():
 
 
 def test_one_fedadam_step_matches_a_hand_computation():
-    from pfedest.server import ServerOptimizer
+    from pfedest.core.server import ServerOptimizer
 
     u = {"w": torch.tensor([1.0, -2.0], dtype=torch.float64)}
     mean = {"w": torch.tensor([0.5, -1.0], dtype=torch.float64)}
@@ -122,7 +122,7 @@ def test_one_fedadam_step_matches_a_hand_computation():
 
 
 def test_server_momentum_accumulates_pseudo_gradients():
-    from pfedest.server import ServerOptimizer
+    from pfedest.core.server import ServerOptimizer
 
     opt = ServerOptimizer("sgd", lr=0.5, momentum=0.9)
     u = {"w": torch.tensor([1.0], dtype=torch.float64)}
@@ -138,7 +138,7 @@ def test_server_momentum_accumulates_pseudo_gradients():
 
 
 def test_unknown_server_optimizer_is_refused():
-    from pfedest.server import ServerOptimizer
+    from pfedest.core.server import ServerOptimizer
 
     with pytest.raises(ValueError, match="sgd"):
         ServerOptimizer("rmsprop")

@@ -1,4 +1,4 @@
-"""Tests of pfedest.splits: which parameters are personal."""
+"""Tests of pfedest.nn.splits: which parameters are personal."""
 
 import math
 import re
@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from sklearn.base import clone
 from torch import nn
 
-from pfedest.modules import MLP, AdaptedLayer, SmallCNN, adapter_parameter_count
-from pfedest.splits import (
+from pfedest.nn.modules import MLP, AdaptedLayer, SmallCNN, adapter_parameter_count
+from pfedest.nn.splits import (
     NAMED_SPLITS,
     AdapterSplit,
     FullSplit,

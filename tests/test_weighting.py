@@ -10,11 +10,12 @@ from hypothesis import strategies as st
 from sklearn.base import clone
 
 from pfedest import PartialPersonalizedClassifier
-from pfedest.algorithms import ALGORITHMS, StepSizes
+from pfedest.core.algorithms import ALGORITHMS, StepSizes
 from pfedest.datasets import make_shifted_clients
-from pfedest.engine import LoopEngine, make_engine, run_round
-from pfedest.problems import make_least_squares
-from pfedest.sampling import sample_clients
+from pfedest.core.engine import LoopEngine, make_engine
+from pfedest.core.rounds import run_round
+from pfedest.theory.problems import make_least_squares
+from pfedest.core.sampling import sample_clients
 
 CPU = torch.device("cpu")
 COUNTS = np.array([3, 9, 5, 14, 1])  # unequal, so the two weightings differ

@@ -3,7 +3,7 @@ Who gains and who loses: the per-client report
 ==============================================
 
 Who gains and who loses: a personalized model against FedAvg, client by client
-(``pfedest.report.client_report``). See :doc:`/guide/report`.
+(``pfedest.evaluation.report.client_report``). See :doc:`/guide/report`.
 
 Full size: ``python examples/plot_client_report.py``. Here, for the documentation build: ``plot_client_report.py --clients 8 --rounds 5 --out OUT/client_report.png``.
 """

@@ -2,8 +2,8 @@
 Convergence rates: measured against predicted
 =============================================
 
-Convex problems whose constants are known (``pfedest.problems``): measured convergence of FedAlt
-and FedSim against what the theory predicts (``pfedest.rates``). See :doc:`/theory`.
+Convex problems whose constants are known (``pfedest.theory.problems``): measured convergence of FedAlt
+and FedSim against what the theory predicts (``pfedest.theory.rates``). See :doc:`/theory`.
 
 Full size: ``python examples/plot_convergence_rates.py``. Here, for the documentation build: ``plot_convergence_rates.py --out-dir OUT --rounds 100 --horizons 16,32,64 --seeds 1``.
 """

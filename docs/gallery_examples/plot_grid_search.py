@@ -3,7 +3,7 @@ Choosing the personal fraction by grid search
 =============================================
 
 GridSearchCV over the kind of split and its personal fraction, scored by
-``pfedest.model_selection.ClientKFold`` on federated digits whose clients permute labels. See
+``pfedest.evaluation.model_selection.ClientKFold`` on federated digits whose clients permute labels. See
 :doc:`/guide/choosing`.
 
 Full size: ``python examples/plot_grid_search.py``. Here, for the documentation build: ``plot_grid_search.py --clients 6 --rounds 3 --folds 2 --n-jobs 1 --out OUT/grid_search.png``.

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Dict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-Params = Dict[str, torch.Tensor]
+from .types import Params
 
 
 def make_loss(module: nn.Module, buffers: Params, X: torch.Tensor, y: torch.Tensor):
     """Cross-entropy of ``module`` on rows ``X[idx]``, weighted by a 0/1 ``mask``.
 
     Returns ``loss(shared, personal, idx, mask) -> (mean, (sum, count))``, the form the local
-    updates in :mod:`pfedest.algorithms` take. ``X`` and ``y`` are all clients' rows; the loss
+    updates in :mod:`pfedest.core.algorithms` take. ``X`` and ``y`` are all clients' rows; the loss
     reads only the rows it is given indices of.
 
     Parameters

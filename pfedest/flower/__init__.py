@@ -4,14 +4,14 @@ A Flower app made here has two halves (`Flower <https://flower.ai>`_'s Message A
 ``flwr`` 1.40 to 1.42):
 
 - the **ClientApp** runs on every SuperNode. Its train handler runs the local update with the
-  simulator's own code: :func:`pfedest.engine.run_round` on a federation of one client (the node),
-  the loss from :func:`pfedest.model.make_loss`. The node replies with the shared parameters only;
+  simulator's own code: :func:`pfedest.core.rounds.run_round` on a federation of one client (the node),
+  the loss from :func:`pfedest.core.model.make_loss`. The node replies with the shared parameters only;
   its personal parameters stay in ``context.state`` for the run and in a file of its own
   (``state-dir``), so a restarted node resumes with them.
 - the **ServerApp** runs :class:`PersonalizedFedAvg`, a Flower strategy that samples nodes,
   refuses any reply that holds anything but the shared parameters, and averages them weighted by
   the nodes' example counts (or equally: run config ``weighting="uniform"``) with
-  :class:`pfedest.server.WeightedAverage`, then steps with :class:`pfedest.server.ServerOptimizer`,
+  :class:`pfedest.core.server.WeightedAverage`, then steps with :class:`pfedest.core.server.ServerOptimizer`,
   as the simulator does.
 
 The model travels inside the app as ``model.json`` (:func:`write_model`): the estimator's
@@ -22,9 +22,9 @@ run config (``[tool.flwr.app.config]`` in ``pyproject.toml``, see :class:`RunSet
 ``.npz`` with arrays ``X`` and ``y``.
 
 Randomness: every draw is keyed by ``(seed, round, client)``, as the estimator's ``fit`` keys
-them. The server samples the round's nodes with :func:`pfedest.sampling.sample_clients` seeded by
+them. The server samples the round's nodes with :func:`pfedest.core.sampling.sample_clients` seeded by
 ``(seed, round)`` over the nodes' ``partition-id`` order, and node ``p`` draws its minibatches in
-round ``r`` from ``pfedest.sampling.RoundKeys(seed, r)`` as client ``p``. So with the
+round ``r`` from ``pfedest.core.sampling.RoundKeys(seed, r)`` as client ``p``. So with the
 partition-ids numbering the estimator's clients (``clients_`` order) and each node holding that
 client's rows in the same order, a run reproduces
 :meth:`~pfedest.PartialPersonalizedClassifier.fit` with ``random_state=seed``, draw for draw.
@@ -57,14 +57,16 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from .algorithms import ALGORITHMS, StepSizes
-from .engine import RoundResult, make_engine, run_round
-from .model import make_loss, personalized_logits
-from .sampling import RoundKeys
-from .schedules import SCHEDULES
-from .server import ServerOptimizer, WeightedAverage
+from ..core.algorithms import ALGORITHMS, StepSizes
+from ..core.engine import make_engine
+from ..core.rounds import RoundResult, client_updates, draw_batches
+from ..core.model import make_loss, personalized_logits
+from ..core.sampling import RoundKeys, n_sampled
+from ..core.schedules import SCHEDULES
+from ..core.server import ServerOptimizer, WeightedAverage
 
-Params = Dict[str, torch.Tensor]
+from ..core.types import Params
+
 
 #: The ``flwr`` releases this module was tested with (the ``flower`` extra pins the same range).
 FLWR_REQUIREMENT = "flwr>=1.40,<1.43"
@@ -114,7 +116,7 @@ class RunSettings:
     server_lr : float
         Server step on the averaged shared parameters (1.0: plain averaging).
     server_optimizer : {"sgd", "adam"}
-        How the server applies the averaged pseudo-gradient (:class:`pfedest.server.ServerOptimizer`;
+        How the server applies the averaged pseudo-gradient (:class:`pfedest.core.server.ServerOptimizer`;
         its state lives in the ServerApp for the run).
     server_momentum : float in [0, 1)
         Server momentum of ``"sgd"``.
@@ -125,12 +127,12 @@ class RunSettings:
     personal_l2_target : {"zero", "init"}
         The penalty's target: zero, or the personal part at the start of training (``model.json``'s).
     lr_schedule : {"constant", "linear", "step"}
-        Factor of ``lr`` and ``personal_lr`` in each round (:mod:`pfedest.schedules`), over
+        Factor of ``lr`` and ``personal_lr`` in each round (:mod:`pfedest.core.schedules`), over
         ``num_rounds`` rounds.
     lr_warmup_rounds, lr_final : int, float
-        ``warmup_rounds`` and ``final`` of the ``"linear"`` schedule (:class:`~pfedest.schedules.LinearLR`).
+        ``warmup_rounds`` and ``final`` of the ``"linear"`` schedule (:class:`~pfedest.core.schedules.LinearLR`).
     lr_step_rounds, lr_gamma : int, float
-        ``step_rounds`` and ``gamma`` of the ``"step"`` schedule (:class:`~pfedest.schedules.StepLR`).
+        ``step_rounds`` and ``gamma`` of the ``"step"`` schedule (:class:`~pfedest.core.schedules.StepLR`).
     weighting : {"samples", "uniform"}
         Weigh each reply by its ``num-examples`` or equally, as the estimator's ``weighting``.
     clients_per_round : int or float
@@ -266,9 +268,7 @@ class RunSettings:
             bad("keep_rounds", "expected true or false")
         if not isinstance(self.result_dir, str) or not self.result_dir:
             bad("result_dir", "expected a path")
-        if self.steps() and all(s == 0 for s in self.steps().values()):
-            raise ValueError(f"{self.algorithm} would take no local step: personal-steps={self.personal_steps}, "
-                             f"shared-steps={self.shared_steps}.")
+        self.steps()  # raises when the algorithm would take no local step
 
     def step_sizes(self, server_round: Optional[int] = None) -> StepSizes:
         """The client learning rates: in round ``server_round`` (from 1) scaled by the schedule, as
@@ -277,12 +277,12 @@ class RunSettings:
         return StepSizes(shared=float(self.lr) * factor, personal=float(self.personal_lr or self.lr) * factor)
 
     def schedule(self):
-        """The learning-rate schedule (a :mod:`pfedest.schedules` object) with its run-config parameters."""
+        """The learning-rate schedule (a :mod:`pfedest.core.schedules` object) with its run-config parameters."""
         cls = SCHEDULES[self.lr_schedule]
         return cls(**{p: getattr(self, f"lr_{p}") for p in cls().get_params()})
 
     def step_options(self, anchor: Optional[Params] = None) -> dict:
-        """The options of every local step (:func:`~pfedest.engine.make_engine`'s ``step_options``):
+        """The options of every local step (:func:`~pfedest.core.engine.make_engine`'s ``step_options``):
         gradient clipping and the personal L2 penalty, pulling towards ``anchor`` with target ``"init"``."""
         if self.personal_l2_target == "init" and anchor is None:
             raise ValueError("personal-l2-target='init' needs the personal part at the start of training (anchor).")
@@ -295,20 +295,18 @@ class RunSettings:
 
     def steps(self) -> dict:
         """Step count of each of the algorithm's streams (``None``: one epoch), as the estimator has them."""
-        per_block = {"personal": self.personal_steps, "shared": self.shared_steps}
-        return {name: (None if per_block[block] == -1 else per_block[block])
-                for name, block in ALGORITHMS[self.algorithm].streams.items()}
+        def block(steps):
+            return None if steps == -1 else steps
+
+        return ALGORITHMS[self.algorithm].steps(block(self.personal_steps), block(self.shared_steps))
 
     def n_sampled(self, n_nodes: int) -> int:
         """Nodes to sample out of ``n_nodes`` connected ones."""
-        m = self.clients_per_round
-        if isinstance(m, float):
-            return max(1, min(n_nodes, int(round(m * n_nodes))))
-        return min(int(m), n_nodes)
+        return n_sampled(self.clients_per_round, n_nodes)
 
 
 def _schedule_config(schedule) -> Optional[dict]:
-    """The run-config keys of an estimator's ``lr_schedule``: a name in ``pfedest.schedules.SCHEDULES``
+    """The run-config keys of an estimator's ``lr_schedule``: a name in ``pfedest.core.schedules.SCHEDULES``
     or an instance of one of those classes (its parameters become ``lr-<parameter>`` keys); ``None``
     for anything else (a user's callable, a subclass), which cannot travel to the nodes."""
     if isinstance(schedule, str):
@@ -421,7 +419,7 @@ def write_model(estimator, path, *, classes=None, n_features=None) -> Path:
         warnings.warn(f"The Flower app does not carry out these estimator settings: "
                       f"{', '.join(f'{k}={getattr(estimator, k)!r}' for k in sorted(ignored))}; it has no pre-training "
                       "or fine-tuning stage, no callbacks, and only the learning-rate schedules of "
-                      "pfedest.schedules.SCHEDULES.", UserWarning, stacklevel=2)
+                      "pfedest.core.schedules.SCHEDULES.", UserWarning, stacklevel=2)
     if isinstance(params.get("random_state"), (np.random.RandomState, np.random.Generator)):
         params["random_state"] = None  # the weights are stored; the seed only named them
     plain, objects = {}, {}
@@ -636,8 +634,8 @@ def _check_layout(name: str, params: Mapping[str, torch.Tensor], expected: Mappi
 def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal: Params, settings: RunSettings,
                 *, server_round: int, partition_id: int,
                 anchor: Optional[Params] = None) -> tuple[Params, Params, RoundResult]:
-    """One node's FedAlt or FedSim local update: the simulator's :func:`~pfedest.engine.run_round`
-    on a federation of this one client.
+    """One node's FedAlt or FedSim local update: :func:`~pfedest.core.rounds.client_updates` for
+    this one client, with the minibatches the simulator draws for it.
 
     Parameters
     ----------
@@ -687,14 +685,12 @@ def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal
     loss = make_loss(module, dict(module.named_buffers()), X_t, y_t)
     engine = make_engine("loop", loss, shared, **settings.step_options(anchor))
     state = {k: v[None].clone() for k, v in personal.items()}
-    # server_lr=1 makes run_round's average of this one client its own shared parameters; the
-    # server applies its own step to the average over the nodes.
-    new_shared, result = run_round(
-        algorithm=ALGORITHMS[settings.algorithm], engine=engine, shared=dict(shared), personal_state=state,
-        counts=np.array([len(X)]), offsets=np.array([0]), sampled=np.array([0]),
-        rng=RoundKeys(settings.seed, server_round), client_ids=np.array([partition_id]),
-        batch_size=settings.batch_size, steps=settings.steps(), lr=settings.step_sizes(server_round), server_lr=1.0,
-        chunk_size=None, device=torch.device("cpu"), aggregate=True)
+    # This node is one client of the federation: its draws are keyed by its partition-id, as the
+    # estimator keys that client's, and it sends its own shared parameters (a mean of one).
+    batches = draw_batches(ALGORITHMS[settings.algorithm], RoundKeys(settings.seed, server_round),
+                           np.array([len(X)]), settings.batch_size, settings.steps(), keys=np.array([partition_id]))
+    new_shared, result = client_updates(ALGORITHMS[settings.algorithm], engine, dict(shared), state, np.array([0]),
+                                        batches, np.array([0]), settings.step_sizes(server_round), weights=np.ones(1))
     if not result.finite:
         raise FloatingPointError(f"Node {partition_id}: the loss became NaN or infinite in round {server_round}; "
                                  f"nothing is sent. Lower lr (now {settings.lr}) or scale the features.")
@@ -1052,7 +1048,7 @@ def _strategy_class():
     from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
     from flwr.serverapp.strategy import FedAvg
 
-    from .sampling import sample_clients
+    from ..core.sampling import sample_clients
 
     class PersonalizedFedAvg(FedAvg):
         """FedAvg over the shared parameters only, for FedAlt and FedSim.
@@ -1062,7 +1058,7 @@ def _strategy_class():
         ``random``. This strategy instead:
 
         - samples ``settings.n_sampled(n)`` of the ``n`` connected nodes with
-          :func:`pfedest.sampling.sample_clients` seeded by ``(seed, round)``, after waiting at most
+          :func:`pfedest.core.sampling.sample_clients` seeded by ``(seed, round)``, after waiting at most
           ``node_wait`` seconds for ``min_nodes`` of them. The nodes are taken in the order of
           their ``partition-id`` (learnt from their replies; before a round that samples only some
           nodes, the server asks those it does not know yet with a query message, and leaves out
@@ -1071,8 +1067,8 @@ def _strategy_class():
           values) and a positive ``num-examples``; a refused or failed reply is left out of the round;
         - averages the accepted replies in the order of their ``partition-id``, weighted by
           ``num-examples`` (or equally, with ``settings.weighting="uniform"``), with
-          :class:`pfedest.server.WeightedAverage`, then takes the server step with its
-          :class:`pfedest.server.ServerOptimizer` (``server_optimizer``, ``server_lr``,
+          :class:`pfedest.core.server.WeightedAverage`, then takes the server step with its
+          :class:`pfedest.core.server.ServerOptimizer` (``server_optimizer``, ``server_lr``,
           ``server_momentum``; plain ``u + server_lr * (mean - u)`` by default), whose state (momentum,
           Adam's moments) it keeps from round to round;
         - keeps a record of every round in :attr:`rounds`: which nodes were asked, which replied
@@ -1495,7 +1491,7 @@ def run_config_for(estimator, **overrides) -> dict:
     estimator : PartialPersonalizedClassifier
         Its training settings (rounds, algorithm, learning rates, steps, schedule, clipping,
         ``personal_l2``, server optimizer, ...) are read. A ``lr_schedule`` that is not one of
-        :mod:`pfedest.schedules`' own gives ``lr-schedule = "constant"`` (:func:`write_model` warns).
+        :mod:`pfedest.core.schedules`' own gives ``lr-schedule = "constant"`` (:func:`write_model` warns).
     **overrides
         Run-config values to set instead (``-`` or ``_`` in the keys).
 
@@ -1510,7 +1506,7 @@ def run_config_for(estimator, **overrides) -> dict:
     >>> cfg = run_config_for(PartialPersonalizedClassifier(algorithm="fedsim", n_rounds=7))
     >>> cfg["algorithm"], cfg["num-rounds"], cfg["personal-steps"]
     ('fedsim', 7, -1)
-    >>> from pfedest.schedules import StepLR
+    >>> from pfedest.core.schedules import StepLR
     >>> cfg = run_config_for(PartialPersonalizedClassifier(lr_schedule=StepLR(step_rounds=3), clip_grad_norm=1.0))
     >>> cfg["lr-schedule"], cfg["lr-step-rounds"], cfg["clip-grad-norm"]
     ('step', 3, 1.0)
@@ -1641,7 +1637,7 @@ def load_result(result_dir, state_dirs: Iterable = ()):
     >>> loaded.classes_.tolist(), loaded.clients_.tolist()
     ([0, 1], [])
     """
-    from .history import History
+    from ..history import History
 
     result_dir = Path(result_dir)
     spec = read_model(result_dir / MODEL_FILE)

@@ -20,7 +20,7 @@ the knobs ``shared_noise`` and ``personal_noise``.
 FedAlt and FedSim run on these problems through the same code as the estimator: :meth:`torch_loss`
 is a ``loss(shared, personal, idx, mask)`` over the stacked rows (shared ``{"u": [d_u]}``,
 personal ``{"v": [n_clients, d_v]}``), and :func:`run` drives
-:func:`pfedest.engine.run_round` with :data:`pfedest.algorithms.ALGORITHMS`.
+:func:`pfedest.core.rounds.run_round` with :data:`pfedest.core.algorithms.ALGORITHMS`.
 
 Everything the theory needs is computed from the data (see :class:`Constants`): smoothness in
 ``u`` and ``v``, the cross term and the coupling ``chi``, the strong convexity, the heterogeneity
@@ -39,9 +39,10 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from .algorithms import ALGORITHMS, StepSizes
-from .engine import make_engine, run_round
-from .sampling import sample_clients
+from ..core.algorithms import ALGORITHMS, StepSizes
+from ..core.engine import make_engine
+from ..core.rounds import run_round
+from ..core.sampling import sample_clients
 
 __all__ = ["Constants", "PersonalizedProblem", "PersonalizedLeastSquares", "PersonalizedLogistic",
            "make_least_squares", "make_logistic", "Trajectory", "run"]
@@ -288,7 +289,7 @@ class PersonalizedProblem:
         """Variance of one client's minibatch gradient, per client, for ``u`` and for ``v``.
 
         A minibatch is ``b = min(batch_size, m_i)`` distinct rows drawn uniformly (as
-        :func:`pfedest.sampling.minibatch_stream` draws them), so the variance of its mean gradient
+        :func:`pfedest.core.sampling.minibatch_stream` draws them), so the variance of its mean gradient
         is ``(m_i - b) / (b (m_i - 1))`` times the variance of the row gradients: zero for full batches.
 
         Returns
@@ -400,7 +401,7 @@ class PersonalizedProblem:
         return cache[name, compile]
 
     def torch_loss(self, dtype: torch.dtype = torch.float64, device="cpu"):
-        """``loss(shared, personal, idx, mask) -> (mean, (sum, count))`` for :mod:`pfedest.engine`.
+        """``loss(shared, personal, idx, mask) -> (mean, (sum, count))`` for :mod:`pfedest.core.engine`.
 
         ``shared = {"u": [d_u]}``, ``personal = {"v": [d_v]}`` (one client's), ``idx`` global row
         indices of one client. The mean includes the ridge terms, which a fully masked (padding)
@@ -744,7 +745,7 @@ class Trajectory:
     stationarity_shared : ndarray of shape (T + 1,)
         Its shared part alone, ``(1/L_u) ||grad_u F(u_t, V_t)||^2``.
     measured : ndarray of shape (T,)
-        The per-round quantity that the descent bound of :func:`pfedest.rates.descent_bound` covers:
+        The per-round quantity that the descent bound of :func:`pfedest.theory.rates.descent_bound` covers:
         ``stationarity[t]`` for FedSim; for FedAlt the shared part is evaluated at ``(u_t, V_{t+1})``,
         the point its shared step starts from.
     noise_shared : ndarray of shape (T,)
@@ -761,7 +762,7 @@ class Trajectory:
 
     Examples
     --------
-    >>> from pfedest.rates import theory_step_sizes
+    >>> from pfedest.theory.rates import theory_step_sizes
     >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
     >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
     >>> traj = run(p, "fedalt", 3, lr_shared=lr_u, lr_personal=lr_v, random_state=0)
@@ -819,10 +820,10 @@ def run(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, lr_share
         clients_per_round: Optional[int] = None, local_steps: Union[int, Tuple[int, int]] = 1,
         batch_size: Optional[int] = None, engine: str = "vmap", compile: bool = False, init=None,
         random_state=None) -> Trajectory:
-    """Run FedAlt or FedSim on ``problem`` through :func:`pfedest.engine.run_round`, measuring every round.
+    """Run FedAlt or FedSim on ``problem`` through :func:`pfedest.core.rounds.run_round`, measuring every round.
 
     The shared vector is ``{"u": [d_u]}``, the personal state ``{"v": [n_clients, d_v]}``, in
-    float64. Clients are sampled with :func:`pfedest.sampling.sample_clients` from a generator of
+    float64. Clients are sampled with :func:`pfedest.core.sampling.sample_clients` from a generator of
     their own, so two runs with the same ``random_state`` sample the same clients whatever the
     algorithm (their minibatches come from a second generator).
 
@@ -832,7 +833,7 @@ def run(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, lr_share
     algorithm : {"fedalt", "fedsim"}
     n_rounds : int
     lr_shared, lr_personal : float
-        Client step sizes ``gamma_u``, ``gamma_v`` (see :func:`pfedest.rates.theory_step_sizes`).
+        Client step sizes ``gamma_u``, ``gamma_v`` (see :func:`pfedest.theory.rates.theory_step_sizes`).
     clients_per_round : int, default=None
         ``m``; ``None`` is full participation.
     local_steps : int or (int, int), default=1
@@ -853,7 +854,7 @@ def run(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, lr_share
 
     Examples
     --------
-    >>> from pfedest.rates import theory_step_sizes
+    >>> from pfedest.theory.rates import theory_step_sizes
     >>> p = make_least_squares(n_clients=4, n_samples_per_client=20, random_state=0)
     >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
     >>> traj = run(p, "fedalt", 200, lr_shared=lr_u, lr_personal=lr_v)

@@ -83,7 +83,7 @@ def plot_grid_search(search, *, param: str = "split__fraction", group: str = "sp
         candidates are one line.
     x : array-like of shape (n_candidates,), default=None
         Positions on the x-axis instead of the values of ``param``, e.g. the share of parameters
-        each candidate really makes personal, from :func:`pfedest.model_selection.personal_fractions`
+        each candidate really makes personal, from :func:`pfedest.evaluation.model_selection.personal_fractions`
         (``split__fraction`` is a request: a head split moves in whole layers).
     score : str, default="test_score"
         Which score: ``mean_<score>`` is plotted, ``std_<score>`` shaded, ``rank_<score>`` starred.
@@ -198,7 +198,7 @@ def plot_client_change(report, *, ax=None, title: str | None = None, label: str 
     Parameters
     ----------
     report : ClientReport
-        From :func:`pfedest.report.client_report` with a baseline.
+        From :func:`pfedest.evaluation.report.client_report` with a baseline.
     ax : matplotlib Axes, default=None
     title : str, default=None
         Defaults to the report's sentence on the clients made worse.
@@ -215,7 +215,7 @@ def plot_client_change(report, *, ax=None, title: str | None = None, label: str 
     >>> matplotlib.use("Agg")
     >>> from sklearn.dummy import DummyClassifier
     >>> from sklearn.tree import DecisionTreeClassifier
-    >>> from pfedest.report import client_report
+    >>> from pfedest.evaluation.report import client_report
     >>> X, y, c = [[0], [1], [2], [3], [4], [5]], [0, 0, 1, 1, 0, 1], [0, 0, 1, 1, 2, 2]
     >>> report = client_report(DecisionTreeClassifier(random_state=0).fit(X, y), X, y, c,
     ...                        baseline=DummyClassifier().fit(X, y), as_frame=False)
@@ -253,7 +253,7 @@ def plot_client_scatter(report, *, ax=None, title: str | None = None, label: str
     Parameters
     ----------
     report : ClientReport
-        From :func:`pfedest.report.client_report` with a baseline.
+        From :func:`pfedest.evaluation.report.client_report` with a baseline.
     ax : matplotlib Axes, default=None
     title : str, default=None
     label, baseline_label : str
@@ -269,7 +269,7 @@ def plot_client_scatter(report, *, ax=None, title: str | None = None, label: str
     >>> matplotlib.use("Agg")
     >>> from sklearn.dummy import DummyClassifier
     >>> from sklearn.tree import DecisionTreeClassifier
-    >>> from pfedest.report import client_report
+    >>> from pfedest.evaluation.report import client_report
     >>> X, y, c = [[0], [1], [2], [3], [4], [5]], [0, 0, 1, 1, 0, 1], [0, 0, 1, 1, 2, 2]
     >>> report = client_report(DecisionTreeClassifier(random_state=0).fit(X, y), X, y, c,
     ...                        baseline=DummyClassifier().fit(X, y), as_frame=False)

@@ -1,29 +1,26 @@
-"""One round of training: sample clients, run their local updates, average the shared part.
+"""How the sampled clients' local updates run: one after another, or batched over clients.
 
-Two engines run the same local update (:mod:`pfedest.algorithms`):
+Two engines run the same local update (:mod:`pfedest.core.algorithms`); a round
+(:mod:`pfedest.core.rounds`) hands each a chunk of clients:
 
 - ``"loop"`` (:class:`LoopEngine`) trains the sampled clients one after another: the reference.
 - ``"vmap"`` (:class:`VmapEngine`) trains a chunk of clients in one batched computation: each SGD
   step's gradients ``torch.func.vmap``-ed over the clients, the updates applied to stacked copies.
 
-Both see the same minibatches (drawn in :mod:`pfedest.sampling`) and agree to float tolerance.
+Both see the same minibatches (drawn in :mod:`pfedest.core.sampling`) and agree to float tolerance.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from functools import partial
-from typing import Mapping, Optional
+from typing import Mapping
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import vmap
 
 from .algorithms import Algorithm, Params, StepSizes, _sgd, sgd_gradients, sgd_step, trained_blocks
-from .sampling import minibatch_stream
-from .server import ServerOptimizer, WeightedAverage
 
 ENGINES = ("auto", "loop", "vmap")
 
@@ -33,37 +30,6 @@ CPU_VMAP_MAX_PARAMS = 500_000
 #: Modules whose training-mode behaviour does not vectorize over clients (running statistics,
 #: random masks), so ``engine="auto"`` falls back to the loop for networks that contain them.
 _NOT_VECTORIZABLE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
-
-
-@dataclass
-class RoundResult:
-    """What a round produced, besides the updated state.
-
-    ``finite`` is false when a client's loss was not finite; the round then changed nothing.
-
-    Parameters
-    ----------
-    loss_sum : float
-        Sum of the row losses over all local steps of the sampled clients.
-    row_count : float
-        Number of rows those losses were summed over.
-    bytes_up : int
-        Bytes of shared parameters sent to the server (0 without aggregation).
-    finite : bool, default=True
-        False when a client's loss was not finite.
-
-    Examples
-    --------
-    >>> from pfedest.engine import RoundResult
-    >>> result = RoundResult(loss_sum=6.0, row_count=4.0, bytes_up=32)
-    >>> result.loss_sum / result.row_count, result.finite
-    (1.5, True)
-    """
-
-    loss_sum: float
-    row_count: float
-    bytes_up: int
-    finite: bool = True
 
 
 def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params: int) -> str:
@@ -88,7 +54,7 @@ def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params
     Examples
     --------
     >>> import torch
-    >>> from pfedest.engine import choose_engine
+    >>> from pfedest.core.engine import choose_engine
     >>> cpu = torch.device("cpu")
     >>> choose_engine("auto", torch.nn.Linear(3, 2), cpu, n_params=8)
     'vmap'
@@ -124,7 +90,7 @@ def _stack(dicts):
 
 
 class LoopEngine:
-    """Clients one after another, each running :func:`~pfedest.algorithms.sgd_step` on its own
+    """Clients one after another, each running :func:`~pfedest.core.algorithms.sgd_step` on its own
     parameters: the reference the batched engine is tested against.
 
     Parameters
@@ -132,7 +98,7 @@ class LoopEngine:
     loss : callable
         ``loss(shared, personal, idx, mask) -> (mean, (sum, count))``.
     **step_options
-        ``clip``, ``personal_l2``, ``personal_anchor`` of :func:`~pfedest.algorithms.sgd_step`.
+        ``clip``, ``personal_l2``, ``personal_anchor`` of :func:`~pfedest.core.algorithms.sgd_step`.
 
     Examples
     --------
@@ -141,8 +107,8 @@ class LoopEngine:
     >>> def loss(shared, personal, idx, mask):
     ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
     ...     return err.sum() / mask.sum().clamp(min=1), (err.sum().detach(), mask.sum())
-    >>> from pfedest.algorithms import ALGORITHMS, StepSizes
-    >>> from pfedest.engine import LoopEngine
+    >>> from pfedest.core.algorithms import ALGORITHMS, StepSizes
+    >>> from pfedest.core.engine import LoopEngine
     >>> batch = (torch.tensor([[[0, 1, 2]], [[3, 4, 5]]]), torch.ones(2, 1, 3))
     >>> u, v, (sums, counts) = LoopEngine(loss).local_updates(
     ...     ALGORITHMS["fedsim"], {"w": torch.zeros(1)}, {"b": torch.zeros(2)},
@@ -192,7 +158,7 @@ class VmapEngine:
     compile : bool, default=False
         Compile each distinct step with ``torch.compile``.
     **step_options
-        ``clip``, ``personal_l2``, ``personal_anchor`` of :func:`~pfedest.algorithms.sgd_step`.
+        ``clip``, ``personal_l2``, ``personal_anchor`` of :func:`~pfedest.core.algorithms.sgd_step`.
 
     Examples
     --------
@@ -201,8 +167,8 @@ class VmapEngine:
     >>> def loss(shared, personal, idx, mask):
     ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
     ...     return err.sum() / mask.sum().clamp(min=1), (err.sum().detach(), mask.sum())
-    >>> from pfedest.algorithms import ALGORITHMS, StepSizes
-    >>> from pfedest.engine import VmapEngine
+    >>> from pfedest.core.algorithms import ALGORITHMS, StepSizes
+    >>> from pfedest.core.engine import VmapEngine
     >>> batch = (torch.tensor([[[0, 1, 2]], [[3, 4, 5]]]), torch.ones(2, 1, 3))
     >>> u, v, (sums, counts) = VmapEngine(loss, {"w": 1}).local_updates(
     ...     ALGORITHMS["fedsim"], {"w": torch.zeros(1)}, {"b": torch.zeros(2)},
@@ -240,7 +206,7 @@ class VmapEngine:
         return fn
 
     def _step(self, shared, personal, idx, mask, lr_shared, lr_personal):
-        """:func:`~pfedest.algorithms.sgd_step` for every client of the chunk at once.
+        """:func:`~pfedest.core.algorithms.sgd_step` for every client of the chunk at once.
 
         Updates ``personal`` and a batched ``shared`` in place: only :meth:`local_updates`, which
         owns those tensors, calls it.
@@ -284,7 +250,7 @@ def make_engine(name: str, loss, shared: Params, compile: bool = False, **step_o
     """The engine called ``name`` (``"loop"`` or ``"vmap"``) for this loss and shared-parameter layout.
 
     ``step_options`` (``clip``, ``personal_l2``, ``personal_anchor``) go to every
-    :func:`~pfedest.algorithms.sgd_step`.
+    :func:`~pfedest.core.algorithms.sgd_step`.
 
     Parameters
     ----------
@@ -297,7 +263,7 @@ def make_engine(name: str, loss, shared: Params, compile: bool = False, **step_o
     compile : bool, default=False
         Compile the batched steps (``"vmap"`` only).
     **step_options
-        Passed to every :func:`~pfedest.algorithms.sgd_step`.
+        Passed to every :func:`~pfedest.core.algorithms.sgd_step`.
 
     Returns
     -------
@@ -306,7 +272,7 @@ def make_engine(name: str, loss, shared: Params, compile: bool = False, **step_o
     Examples
     --------
     >>> import torch
-    >>> from pfedest.engine import make_engine
+    >>> from pfedest.core.engine import make_engine
     >>> make_engine("vmap", loss=None, shared={"w": torch.zeros(2, 3)}).name
     'vmap'
     """
@@ -315,136 +281,6 @@ def make_engine(name: str, loss, shared: Params, compile: bool = False, **step_o
     if name == "vmap":
         return VmapEngine(loss, {k: v.dim() for k, v in shared.items()}, compile=compile, **step_options)
     raise ValueError(f"Unknown engine {name!r}; expected 'loop' or 'vmap'.")
-
-
-def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: Params, counts: np.ndarray,
-              offsets: np.ndarray, sampled: np.ndarray, rng, batch_size: int,
-              steps: Mapping[str, Optional[int]], lr: StepSizes, server_lr: float,
-              chunk_size: Optional[int], device: torch.device, aggregate: bool = True,
-              server_optimizer: Optional[ServerOptimizer] = None,
-              weights: Optional[np.ndarray] = None,
-              client_ids: Optional[np.ndarray] = None) -> tuple[Params, RoundResult]:
-    """Train the ``sampled`` clients for one round and return the new shared parameters.
-
-    ``personal_state`` (each tensor stacked over all clients) is updated in place for the sampled
-    clients only. ``steps`` gives the step count of each of the algorithm's streams (``None``: one
-    epoch). With ``aggregate=False`` the shared parameters come back unchanged (personalization).
-    The server applies ``server_optimizer`` to the averaged shared parameters (default: SGD with
-    ``server_lr``, plain averaging at 1.0). The average weighs each sampled client by ``weights``
-    (by default its row count, as FedAvg does), normalised over the sampled clients. If a client's
-    loss is not finite, the round is undone and ``finite`` is false.
-
-    Parameters
-    ----------
-    algorithm : Algorithm
-        The local update and its streams (:data:`~pfedest.algorithms.ALGORITHMS`).
-    engine : LoopEngine or VmapEngine
-        Runs the local updates.
-    shared : dict of str to Tensor
-        The server's shared parameters ``u``.
-    personal_state : dict of str to Tensor
-        Personal parameters stacked over all clients; updated in place.
-    counts, offsets : ndarray of int
-        Rows per client and each client's first row in the data.
-    sampled : ndarray of int
-        The clients of this round.
-    rng : numpy.random.Generator or RoundKeys
-        Draws the minibatches. A :class:`~pfedest.sampling.RoundKeys` keys them by (seed, round,
-        stream, client): the i-th of the algorithm's streams is stream i, and each client's
-        minibatches depend on its own index alone, not on the other sampled clients.
-    batch_size : int
-        Rows per minibatch.
-    steps : dict of str to int or None
-        Step count of each stream (``None``: one epoch).
-    lr : StepSizes
-        Client learning rates.
-    server_lr : float
-        Server learning rate (1.0: plain averaging).
-    chunk_size : int or None
-        Clients per engine call (``None``: all at once).
-    device : torch.device
-        Where the tensors live.
-    aggregate : bool, default=True
-        Average the shared parameters; ``False`` leaves them unchanged.
-    server_optimizer : ServerOptimizer, optional
-        Applied to the averaged shared parameters.
-    weights : ndarray of float, optional
-        Each client's weight in the average, indexed like ``counts`` (over all clients);
-        ``None`` uses ``counts``. Equal weights give the unweighted mean of the sampled clients.
-    client_ids : ndarray of int, optional
-        With a ``RoundKeys`` ``rng``: the index in the whole federation of each client, indexed
-        like ``counts`` (a federation of one node passes its ``partition-id``); ``None``: the
-        position in ``counts``.
-
-    Returns
-    -------
-    new_shared : dict of str to Tensor
-        The shared parameters after the round.
-    result : RoundResult
-        Loss totals, bytes sent and whether the round was finite.
-
-    Examples
-    --------
-    >>> import torch
-    >>> X, y = torch.ones(6, 1), torch.full((6,), 2.0)
-    >>> def loss(shared, personal, idx, mask):
-    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
-    ...     return err.sum() / mask.sum().clamp(min=1), (err.sum().detach(), mask.sum())
-    >>> import numpy as np
-    >>> from pfedest.algorithms import ALGORITHMS, StepSizes
-    >>> from pfedest.engine import make_engine, run_round
-    >>> shared, personal = {"w": torch.zeros(1)}, {"b": torch.zeros(2)}
-    >>> new_shared, result = run_round(
-    ...     algorithm=ALGORITHMS["fedalt"], engine=make_engine("loop", loss, shared),
-    ...     shared=shared, personal_state=personal, counts=np.array([3, 3]),
-    ...     offsets=np.array([0, 3]), sampled=np.array([0, 1]), rng=np.random.default_rng(0),
-    ...     batch_size=3, steps={"personal": 1, "shared": 1}, lr=StepSizes(0.25, 0.25),
-    ...     server_lr=1.0, chunk_size=None, device=torch.device("cpu"))
-    >>> personal["b"].tolist(), new_shared["w"].tolist(), result.row_count
-    ([1.0, 1.0], [0.5], 12.0)
-    """
-    if hasattr(rng, "uniforms"):  # RoundKeys: stream i of the algorithm, keyed by the clients' ids
-        keyed = np.asarray(sampled if client_ids is None else np.asarray(client_ids)[sampled])
-        sources = {name: rng.uniforms(i, keyed) for i, name in enumerate(algorithm.streams)}
-    else:  # a Generator: all streams drawn in turn from it
-        sources = {name: rng for name in algorithm.streams}
-    streams_np = {name: minibatch_stream(sources[name], counts[sampled], batch_size, steps[name])
-                  for name in algorithm.streams}
-    server = WeightedAverage()
-    loss_sum = row_count = 0.0
-    written = []  # (rows, personal before the round) of chunks already written back
-    chunk_size = chunk_size or len(sampled)
-    for start in range(0, len(sampled), chunk_size):
-        clients = sampled[start:start + chunk_size]
-        streams = {}
-        for name, (idx, mask) in streams_np.items():
-            idx = idx[start:start + chunk_size] + offsets[clients][:, None, None]
-            mask = mask[start:start + chunk_size]
-            streams[name] = (torch.as_tensor(idx, device=device), torch.as_tensor(mask, device=device))
-        rows = torch.as_tensor(clients, device=device)
-        personal = {k: v[rows] for k, v in personal_state.items()}
-        client_shared, client_personal, (sums, cnts) = engine.local_updates(algorithm, shared, personal, streams, lr)
-        chunk_loss = sums.sum()
-        if not torch.isfinite(chunk_loss):
-            for done_rows, before in written:  # leave the state as it was before the round
-                for k, v in before.items():
-                    personal_state[k][done_rows] = v
-            return dict(shared), RoundResult(float(chunk_loss), float(cnts.sum()), 0, finite=False)
-        for k, v in client_personal.items():
-            personal_state[k][rows] = v
-        written.append((rows, personal))
-        if aggregate:
-            server.add(client_shared, torch.as_tensor((counts if weights is None else weights)[clients],
-                                                      dtype=torch.float32, device=device))
-        loss_sum = loss_sum + chunk_loss
-        row_count = row_count + cnts.sum()
-    bytes_per_client = sum(v.numel() * v.element_size() for v in shared.values())
-    if aggregate:
-        new_shared = (server_optimizer or ServerOptimizer("sgd", lr=server_lr)).step(shared, server.mean())
-    else:
-        new_shared = dict(shared)
-    return new_shared, RoundResult(float(loss_sum), float(row_count),
-                                   bytes_per_client * len(sampled) if aggregate else 0)
 
 
 def free_memory_bytes(device: torch.device) -> int:
@@ -463,7 +299,7 @@ def free_memory_bytes(device: torch.device) -> int:
     Examples
     --------
     >>> import torch
-    >>> from pfedest.engine import free_memory_bytes
+    >>> from pfedest.core.engine import free_memory_bytes
     >>> free_memory_bytes(torch.device("cpu")) > 0
     True
     """
@@ -498,7 +334,7 @@ def bytes_per_client(module: nn.Module, example_row: torch.Tensor, batch_size: i
     Examples
     --------
     >>> import torch
-    >>> from pfedest.engine import bytes_per_client
+    >>> from pfedest.core.engine import bytes_per_client
     >>> bytes_per_client(torch.nn.Linear(3, 2), torch.zeros(1, 3), batch_size=4)  # 4 * (4*8 + 3*4*2)
     224
     """
@@ -546,7 +382,7 @@ def auto_chunk_size(device: torch.device, per_client: int, share: float = 0.5) -
     Examples
     --------
     >>> import torch
-    >>> from pfedest.engine import auto_chunk_size
+    >>> from pfedest.core.engine import auto_chunk_size
     >>> auto_chunk_size(torch.device("cpu"), per_client=2**30)
     1
     >>> auto_chunk_size(torch.device("cpu"), per_client=2**20) <= 256

@@ -30,7 +30,7 @@ class Split(BaseEstimator):
 
     Examples
     --------
-    >>> from pfedest.modules import MLP
+    >>> from pfedest.nn.modules import MLP
     >>> class BiasSplit(Split):
     ...     def personal_names(self, module):
     ...         return [n for n, _ in module.named_parameters() if n.endswith("bias")]
@@ -131,7 +131,7 @@ class HeadSplit(_LayerSplit):
 
     Examples
     --------
-    >>> from pfedest.modules import MLP
+    >>> from pfedest.nn.modules import MLP
     >>> HeadSplit().personal_names(MLP(4, 3, (8,)))
     ['net.2.weight', 'net.2.bias']
     """
@@ -151,7 +151,7 @@ class InputSplit(_LayerSplit):
 
     Examples
     --------
-    >>> from pfedest.modules import MLP
+    >>> from pfedest.nn.modules import MLP
     >>> InputSplit().personal_names(MLP(4, 3, (8,)))
     ['net.0.weight', 'net.0.bias']
     """
@@ -173,7 +173,7 @@ class AdapterSplit(Split):
 
     Examples
     --------
-    >>> from pfedest.modules import MLP
+    >>> from pfedest.nn.modules import MLP
     >>> split = AdapterSplit(width=2)
     >>> module, personal = split.resolve(MLP(4, 3, (8,)))
     >>> personal
@@ -225,7 +225,7 @@ class FullSplit(Split):
 
     Examples
     --------
-    >>> from pfedest.modules import MLP
+    >>> from pfedest.nn.modules import MLP
     >>> FullSplit().resolve(MLP(4, 3, (8,)))[1]
     ['net.0.weight', 'net.0.bias', 'net.2.weight', 'net.2.bias']
     """
@@ -246,7 +246,7 @@ class NoSplit(Split):
 
     Examples
     --------
-    >>> from pfedest.modules import MLP
+    >>> from pfedest.nn.modules import MLP
     >>> NoSplit().resolve(MLP(4, 3, (8,)))[1]
     []
     """
@@ -267,7 +267,7 @@ class NameSplit(Split):
 
     Examples
     --------
-    >>> from pfedest.modules import MLP
+    >>> from pfedest.nn.modules import MLP
     >>> NameSplit(["*.bias"]).personal_names(MLP(4, 3, (8,)))
     ['net.0.bias', 'net.2.bias']
     """
@@ -291,7 +291,7 @@ class FunctionSplit(Split):
 
     Examples
     --------
-    >>> from pfedest.modules import MLP
+    >>> from pfedest.nn.modules import MLP
     >>> FunctionSplit(lambda name, p: p.dim() == 1).personal_names(MLP(4, 3, (8,)))
     ['net.0.bias', 'net.2.bias']
     """

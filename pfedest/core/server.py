@@ -9,7 +9,11 @@ from typing import Dict, Optional
 
 import torch
 
-Params = Dict[str, torch.Tensor]
+from .types import Params
+
+
+#: The server optimizers by name.
+SERVER_OPTIMIZERS = ("sgd", "adam")
 
 
 class WeightedAverage:
@@ -81,7 +85,7 @@ class ServerOptimizer:
 
     def __init__(self, kind: str = "sgd", lr: float = 1.0, momentum: float = 0.0,
                  betas: tuple = (0.9, 0.999), eps: float = 1e-8):
-        if kind not in ("sgd", "adam"):
+        if kind not in SERVER_OPTIMIZERS:
             raise ValueError(f"Unknown server optimizer {kind!r}; expected 'sgd' or 'adam'.")
         self.kind, self.lr, self.momentum, self.betas, self.eps = kind, lr, momentum, tuple(betas), eps
         self.state: Dict[str, torch.Tensor] = {}

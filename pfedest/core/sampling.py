@@ -47,7 +47,7 @@ class RoundKeys:
 
     :meth:`uniforms` gives the keys of one stream for some clients; each key is a hash of
     ``(seed, round_number, stream, client, epoch, position)`` alone. Pass a ``RoundKeys`` as
-    ``rng`` to :func:`pfedest.engine.run_round`.
+    ``rng`` to :func:`pfedest.core.rounds.run_round`.
 
     Parameters
     ----------
@@ -147,6 +147,20 @@ class ClientUniforms:
 
 
 Source = Union[np.random.Generator, ClientUniforms]
+
+
+def n_sampled(clients_per_round, n_available: int) -> int:
+    """How many of ``n_available`` clients a round samples: a count (at most all of them), or a
+    fraction in (0, 1] of them (at least one).
+
+    Examples
+    --------
+    >>> n_sampled(10, 4), n_sampled(0.5, 5), n_sampled(0.01, 5), n_sampled(1.0, 5)
+    (4, 2, 1, 5)
+    """
+    if isinstance(clients_per_round, (float, np.floating)):
+        return max(1, min(n_available, int(round(clients_per_round * n_available))))
+    return min(int(clients_per_round), n_available)
 
 
 def sample_clients(rng: np.random.Generator, eligible: np.ndarray, n_sampled: int) -> np.ndarray:

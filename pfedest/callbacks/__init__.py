@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from .checkpoint import checkpoint_path, latest_checkpoint, list_checkpoints, save_checkpoint
+from ..checkpoint import checkpoint_path, latest_checkpoint, list_checkpoints, save_checkpoint
 
 
 class Callback(BaseEstimator):
@@ -97,7 +97,7 @@ class EvaluateClients(Callback):
         self.name = name
 
     def on_round_end(self, estimator, record):
-        from .report import _summary_column, client_accuracies
+        from ..evaluation.report import _summary_column, client_accuracies
 
         keys = [f"{self.name}_{k}" for k in ("mean", "weighted_mean", "p10", "worst")]
         if record["round"] % self.every:
@@ -250,7 +250,7 @@ class Checkpoint(Callback):
         self.resume = resume
 
     def on_train_begin(self, estimator):
-        from .resume import restore_checkpoint
+        from ..resume import restore_checkpoint
 
         if self.directory is None:
             raise ValueError("Checkpoint needs a directory.")
@@ -277,7 +277,7 @@ class Checkpoint(Callback):
 
     def save(self, estimator, round_number: int) -> Path:
         """Write a checkpoint of ``estimator`` now, and drop all but the ``keep`` newest."""
-        from .resume import checkpoint_state
+        from ..resume import checkpoint_state
 
         path = save_checkpoint(checkpoint_state(estimator), checkpoint_path(self.directory, round_number))
         for old in list_checkpoints(self.directory)[max(self.keep, 1):]:

@@ -1,4 +1,4 @@
-"""What the theory predicts for a problem of :mod:`pfedest.problems`, to set next to what a run measured.
+"""What the theory predicts for a problem of :mod:`pfedest.theory.problems`, to set next to what a run measured.
 
 Three kinds of prediction, kept apart because they are not equally certain:
 
@@ -11,7 +11,7 @@ Three kinds of prediction, kept apart because they are not equally certain:
    where ``kappa = 1 + chi`` for FedSim and ``1`` for FedAlt, ``c_b = gamma_b (1 - kappa L_b
    gamma_b / 2)``, ``K = max(1 / (L_u c_u), 1 / (L_v c_v))``, and ``N_u,t``, ``N_v,t`` are the
    variances of the round's shared and personal updates (client sampling and minibatches; see
-   :class:`pfedest.problems.Trajectory`). The derivation is in ``docs/theory.md``. It covers FedSim
+   :class:`pfedest.theory.problems.Trajectory`). The derivation is in ``docs/theory.md``. It covers FedSim
    with full or partial participation and FedAlt with full participation (for FedAlt the shared
    gradient is taken at ``(u_t, V_{t+1})``, where its shared step starts). Without noise it holds
    for every run; with noise it holds in expectation.
@@ -72,7 +72,7 @@ def theory_step_sizes(problem: PersonalizedProblem, eta: float = 1.0, *, n_round
 
     Examples
     --------
-    >>> from pfedest.problems import make_least_squares
+    >>> from pfedest.theory.problems import make_least_squares
     >>> p = make_least_squares(n_clients=3, n_samples_per_client=10, random_state=0)
     >>> lr_u, lr_v = theory_step_sizes(p, eta=1.0)
     >>> bool(np.isclose(lr_u * p.constants.L_u, 1.0))
@@ -106,7 +106,7 @@ def tuned_eta(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, ba
     clients_per_round : int, default=None
         ``m``; ``None`` is all clients (no client-sampling noise).
     initial_gap : float, default=None
-        ``F(x_0) - F*``; ``None`` takes ``x_0 = 0``, the start of :func:`pfedest.problems.run`.
+        ``F(x_0) - F*``; ``None`` takes ``x_0 = 0``, the start of :func:`pfedest.theory.problems.run`.
 
     Returns
     -------
@@ -115,7 +115,7 @@ def tuned_eta(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, ba
 
     Examples
     --------
-    >>> from pfedest.problems import make_least_squares
+    >>> from pfedest.theory.problems import make_least_squares
     >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
     >>> tuned_eta(p, "fedalt", 100)
     1.0
@@ -152,7 +152,7 @@ def descent_bound(problem: PersonalizedProblem, algorithm: str, lr_shared: float
     """Upper bound on the average of the measure over the first ``T`` rounds, for ``T = 1..n_rounds``.
 
     See the module docstring for the formula and ``docs/theory.md`` for its proof. It bounds
-    :meth:`pfedest.problems.Trajectory.running_mean` of ``measured`` (surely without noise, in
+    :meth:`pfedest.theory.problems.Trajectory.running_mean` of ``measured`` (surely without noise, in
     expectation with noise).
 
     Parameters
@@ -184,7 +184,7 @@ def descent_bound(problem: PersonalizedProblem, algorithm: str, lr_shared: float
 
     Examples
     --------
-    >>> from pfedest.problems import make_least_squares
+    >>> from pfedest.theory.problems import make_least_squares
     >>> p = make_least_squares(n_clients=3, n_samples_per_client=10, random_state=0)
     >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
     >>> bound = descent_bound(p, "fedalt", lr_u, lr_v, 100, initial_gap=1.0)
@@ -227,7 +227,7 @@ def trajectory_bound(problem: PersonalizedProblem, trajectory: Trajectory) -> np
     problem : PersonalizedProblem
         The problem the run was on.
     trajectory : Trajectory
-        What :func:`pfedest.problems.run` returned (one local step per block).
+        What :func:`pfedest.theory.problems.run` returned (one local step per block).
 
     Returns
     -------
@@ -236,7 +236,7 @@ def trajectory_bound(problem: PersonalizedProblem, trajectory: Trajectory) -> np
 
     Examples
     --------
-    >>> from pfedest.problems import make_least_squares, run
+    >>> from pfedest.theory.problems import make_least_squares, run
     >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
     >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
     >>> traj = run(p, "fedalt", 3, lr_shared=lr_u, lr_personal=lr_v, random_state=0)
@@ -253,7 +253,7 @@ def reference_round(problem: PersonalizedProblem, u: np.ndarray, V: np.ndarray, 
                     lr_personal: float, local_steps: Union[int, Tuple[int, int]] = 1) -> Tuple[np.ndarray, np.ndarray]:
     """One round with full gradients and all clients, written directly in NumPy from the algorithms' definitions.
 
-    An independent statement of FedAlt and FedSim (it shares no code with :mod:`pfedest.algorithms`),
+    An independent statement of FedAlt and FedSim (it shares no code with :mod:`pfedest.core.algorithms`),
     used for :func:`linear_rate` and as a test oracle.
 
     Parameters
@@ -279,7 +279,7 @@ def reference_round(problem: PersonalizedProblem, u: np.ndarray, V: np.ndarray, 
     --------
     The optimum is a fixed point of a full-gradient round:
 
-    >>> from pfedest.problems import make_least_squares
+    >>> from pfedest.theory.problems import make_least_squares
     >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
     >>> u, V, _ = p.optimum
     >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
@@ -333,7 +333,7 @@ def round_jacobian(problem: PersonalizedProblem, algorithm: str, lr_shared: floa
 
     Examples
     --------
-    >>> from pfedest.problems import make_least_squares
+    >>> from pfedest.theory.problems import make_least_squares
     >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
     >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
     >>> J = round_jacobian(p, "fedalt", lr_u, lr_v)
@@ -384,7 +384,7 @@ def linear_rate(problem: PersonalizedProblem, algorithm: str, lr_shared: float, 
 
     Examples
     --------
-    >>> from pfedest.problems import make_least_squares
+    >>> from pfedest.theory.problems import make_least_squares
     >>> p = make_least_squares(n_clients=3, n_samples_per_client=10, coupling=0.0, random_state=0)
     >>> lr_u, lr_v = theory_step_sizes(p, eta=1.0)
     >>> a, s = (linear_rate(p, alg, lr_u, lr_v) for alg in ("fedalt", "fedsim"))

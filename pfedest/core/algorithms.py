@@ -3,7 +3,7 @@
 A local update is a short sequence of SGD steps over minibatch streams. It is written once, in
 terms of a ``step`` function that the engine supplies: for one client it is :func:`sgd_step`
 itself; for many clients at once it is the same step vmapped over a leading client axis (see
-:mod:`pfedest.engine`). A stream is a sequence of ``(idx, mask)`` minibatches: global row
+:mod:`pfedest.core.engine`). A stream is a sequence of ``(idx, mask)`` minibatches: global row
 indices and a 0/1 mask, 0 marking padding. A fully masked step has a zero gradient and changes
 nothing, which is how clients with fewer steps share one batched computation exactly.
 
@@ -15,12 +15,13 @@ FedSim (Algorithm 2) updates both from the same minibatches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch.func import grad
 
-Params = Dict[str, torch.Tensor]
+from .types import Params
+
 Stats = Tuple[torch.Tensor, torch.Tensor]  # (sum of row losses, number of rows)
 Stream = Sequence[Tuple[torch.Tensor, torch.Tensor]]  # one (idx, mask) minibatch per step
 # loss(shared, personal, idx, mask) -> (mean loss, stats)
@@ -42,7 +43,7 @@ class StepSizes:
 
     Examples
     --------
-    >>> from pfedest.algorithms import StepSizes
+    >>> from pfedest.core.algorithms import StepSizes
     >>> StepSizes(shared=0.1, personal=0.5).personal
     0.5
     """
@@ -61,7 +62,7 @@ def trained_blocks(shared: Params, personal: Params, lr_shared, lr_personal) -> 
 
     Examples
     --------
-    >>> from pfedest.algorithms import trained_blocks
+    >>> from pfedest.core.algorithms import trained_blocks
     >>> trained_blocks({"w": 0}, {"b": 0}, None, 0.1), trained_blocks({"w": 0}, {}, 0.1, 0.1)
     ((1,), (0,))
     """
@@ -90,7 +91,7 @@ def sgd_gradients(loss: LossFn, shared: Params, personal: Params, idx: torch.Ten
     Examples
     --------
     >>> import torch
-    >>> from pfedest.algorithms import sgd_gradients
+    >>> from pfedest.core.algorithms import sgd_gradients
     >>> def loss(shared, personal, idx, mask):
     ...     err = (shared["w"] - 3.0) ** 2
     ...     return err, (err.detach(), mask.sum())
@@ -168,7 +169,7 @@ def sgd_step(loss: LossFn, shared: Params, personal: Params, idx: torch.Tensor, 
     >>> def loss(shared, personal, idx, mask):
     ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
     ...     return err.sum() / mask.sum(), (err.sum().detach(), mask.sum())
-    >>> from pfedest.algorithms import sgd_step
+    >>> from pfedest.core.algorithms import sgd_step
     >>> shared, personal = {"w": torch.zeros(1)}, {"b": torch.zeros(())}
     >>> idx, mask = torch.arange(4), torch.ones(4)
     >>> u, v, (loss_sum, count) = sgd_step(loss, shared, personal, idx, mask, None, 0.25)
@@ -224,7 +225,7 @@ def fedalt(step: Step, shared: Params, personal: Params, streams: Mapping[str, S
     ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
     ...     return err.sum() / mask.sum(), (err.sum().detach(), mask.sum())
     >>> from functools import partial
-    >>> from pfedest.algorithms import StepSizes, fedalt, sgd_step
+    >>> from pfedest.core.algorithms import StepSizes, fedalt, sgd_step
     >>> batch = [(torch.arange(4), torch.ones(4))]
     >>> u, v, (loss_sum, count) = fedalt(partial(sgd_step, loss), {"w": torch.zeros(1)},
     ...                                  {"b": torch.zeros(())}, {"personal": batch, "shared": batch},
@@ -267,7 +268,7 @@ def fedsim(step: Step, shared: Params, personal: Params, streams: Mapping[str, S
     ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
     ...     return err.sum() / mask.sum(), (err.sum().detach(), mask.sum())
     >>> from functools import partial
-    >>> from pfedest.algorithms import StepSizes, fedsim, sgd_step
+    >>> from pfedest.core.algorithms import StepSizes, fedsim, sgd_step
     >>> batch = [(torch.arange(4), torch.ones(4))]
     >>> u, v, (loss_sum, count) = fedsim(partial(sgd_step, loss), {"w": torch.zeros(1)},
     ...                                  {"b": torch.zeros(())}, {"joint": batch},
@@ -307,7 +308,7 @@ def personal_only(step: Step, shared: Params, personal: Params, streams: Mapping
     ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
     ...     return err.sum() / mask.sum(), (err.sum().detach(), mask.sum())
     >>> from functools import partial
-    >>> from pfedest.algorithms import StepSizes, personal_only, sgd_step
+    >>> from pfedest.core.algorithms import StepSizes, personal_only, sgd_step
     >>> batch = [(torch.arange(4), torch.ones(4))]
     >>> u, v, _ = personal_only(partial(sgd_step, loss), {"w": torch.zeros(1)},
     ...                         {"b": torch.zeros(())}, {"personal": batch},
@@ -336,7 +337,7 @@ class Algorithm:
 
     Examples
     --------
-    >>> from pfedest.algorithms import ALGORITHMS
+    >>> from pfedest.core.algorithms import ALGORITHMS
     >>> algo = ALGORITHMS["fedalt"]
     >>> algo.name, dict(algo.streams)
     ('fedalt', {'personal': 'personal', 'shared': 'shared'})
@@ -345,6 +346,25 @@ class Algorithm:
     name: str
     local_update: Callable
     streams: Mapping[str, str]
+
+    def steps(self, personal_steps: Optional[int], shared_steps: Optional[int]) -> dict:
+        """Each stream's step count from the step counts of the two blocks (``None``: one epoch).
+
+        Raises ``ValueError`` when every stream would take no step.
+
+        Examples
+        --------
+        >>> ALGORITHMS["fedalt"].steps(personal_steps=2, shared_steps=None)
+        {'personal': 2, 'shared': None}
+        >>> ALGORITHMS["fedsim"].steps(personal_steps=2, shared_steps=5)
+        {'joint': 5}
+        """
+        per_block = {"personal": personal_steps, "shared": shared_steps}
+        steps = {name: per_block[block] for name, block in self.streams.items()}
+        if all(s == 0 for s in steps.values()):
+            raise ValueError(f"{self.name} would take no local step: personal_steps={personal_steps}, "
+                             f"shared_steps={shared_steps}.")
+        return steps
 
 
 ALGORITHMS: dict[str, Algorithm] = {

@@ -1,0 +1,160 @@
+"""The estimator's parameters, written once: name, default, accepted values, and what each one changes.
+
+Every part of pfedest that needs to know the parameters reads this registry: the estimator (its
+``_parameter_constraints``; a test holds its ``__init__`` to the same names and defaults), the
+checkpoint checks (a resumed fit must have the same :data:`RESUME_CHECKED` settings) and the Flower
+app (which settings become run-config keys, which it ignores by design).
+
+A setting's ``role`` says what it changes:
+
+- ``"model"``: the network (``module``, ``split``, ``hidden_layer_sizes``);
+- ``"training"``: what a round computes (learning rates, steps, sampling, the seed, ...);
+- ``"plan"``: how many rounds each stage runs;
+- ``"execution"``: how rounds run, computing the same result to float tolerance (engine, device);
+- ``"session"``: nothing the parameters depend on (progress bar, callbacks, warm starts, predict).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+import torch
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from torch import nn
+
+from .core.engine import ENGINES
+from .core.schedules import SCHEDULES
+from .core.server import SERVER_OPTIMIZERS
+from .nn.splits import NAMED_SPLITS
+
+__all__ = ["Setting", "SETTINGS", "RESUME_CHECKED", "names", "defaults", "parameter_constraints", "by_role"]
+
+ROLES = ("model", "training", "plan", "execution", "session")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One estimator parameter.
+
+    Parameters
+    ----------
+    name : str
+        The ``__init__`` argument.
+    default : object
+        Its default value.
+    constraints : list
+        What scikit-learn's parameter validation accepts (``_parameter_constraints``).
+    role : {"model", "training", "plan", "execution", "session"}
+        What it changes (see the module's docstring).
+    flower : {"model", "run_config", "ignored", "unsupported"}
+        How the Flower app treats it: part of ``model.json``, a run-config key, ignored by design (it
+        does not change what is computed), or not available (exporting a non-default value warns).
+    """
+
+    name: str
+    default: Any
+    constraints: list
+    role: str
+    flower: str
+
+
+def _positive_int(low=1):
+    return Interval(Integral, low, None, closed="left")
+
+
+_POSITIVE = Interval(Real, 0, None, closed="neither")
+
+#: In ``__init__`` order (the first, ``module``, positional; the rest keyword-only).
+SETTINGS: tuple[Setting, ...] = (
+    Setting("module", None, [None, nn.Module, callable], "model", "model"),
+    Setting("split", "head", [StrOptions(set(NAMED_SPLITS)), list, tuple, callable, HasMethods(["resolve"])],
+            "model", "model"),
+    Setting("algorithm", "fedalt", [StrOptions({"fedalt", "fedsim"})], "training", "run_config"),
+    Setting("n_rounds", 50, [_positive_int()], "plan", "run_config"),
+    Setting("clients_per_round", 10, [_positive_int(), Interval(Real, 0, 1, closed="right")], "training",
+            "run_config"),
+    Setting("personal_steps", None, [None, _positive_int(0)], "training", "run_config"),
+    Setting("shared_steps", None, [None, _positive_int(0)], "training", "run_config"),
+    Setting("lr", 0.1, [_POSITIVE], "training", "run_config"),
+    Setting("personal_lr", None, [None, _POSITIVE], "training", "run_config"),
+    Setting("batch_size", 32, [_positive_int()], "training", "run_config"),
+    Setting("server_lr", 1.0, [_POSITIVE], "training", "run_config"),
+    Setting("hidden_layer_sizes", (64, 64), [tuple, list], "model", "model"),
+    Setting("engine", "auto", [StrOptions(set(ENGINES))], "execution", "ignored"),
+    Setting("max_clients_per_batch", None, [None, _positive_int()], "execution", "ignored"),
+    Setting("compile", False, ["boolean"], "execution", "ignored"),
+    Setting("device", "auto", [str, torch.device], "execution", "ignored"),
+    Setting("unseen_clients", "error", [StrOptions({"error", "average"})], "session", "ignored"),
+    Setting("pretrain_rounds", 0, [_positive_int(0)], "plan", "unsupported"),
+    Setting("finetune_epochs", 0, [_positive_int(0)], "plan", "unsupported"),
+    Setting("server_optimizer", "sgd", [StrOptions(set(SERVER_OPTIMIZERS))], "training", "run_config"),
+    Setting("server_momentum", 0.0, [Interval(Real, 0, 1, closed="left")], "training", "run_config"),
+    Setting("weighting", "samples", [StrOptions({"samples", "uniform"})], "training", "run_config"),
+    Setting("lr_schedule", "constant", [StrOptions(set(SCHEDULES)), callable], "training", "run_config"),
+    Setting("clip_grad_norm", None, [None, _POSITIVE], "training", "run_config"),
+    Setting("personal_l2", 0.0, [Interval(Real, 0, None, closed="left")], "training", "run_config"),
+    Setting("personal_l2_target", "zero", [StrOptions({"zero", "init"})], "training", "run_config"),
+    Setting("callbacks", None, [None, list, tuple], "session", "ignored"),
+    Setting("warm_start", False, ["boolean"], "session", "ignored"),
+    Setting("verbose", 0, ["verbose"], "session", "ignored"),
+    Setting("random_state", None, ["random_state"], "training", "model"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+#: Settings a checkpoint records and a resumed fit must share: any other value would end with
+#: parameters no uninterrupted run gives. (The plan is checked on its own; execution settings may
+#: change between the runs: a fit may move from loop to vmap, or CPU to GPU, when resumed.)
+RESUME_CHECKED = tuple(s.name for s in SETTINGS if s.role in ("model", "training"))
+
+
+def names() -> list[str]:
+    """The parameter names, in ``__init__`` order.
+
+    Examples
+    --------
+    >>> names()[:3]
+    ['module', 'split', 'algorithm']
+    """
+    return [s.name for s in SETTINGS]
+
+
+def defaults() -> dict:
+    """Each parameter's default.
+
+    Examples
+    --------
+    >>> defaults()["lr"], defaults()["split"]
+    (0.1, 'head')
+    """
+    return {s.name: s.default for s in SETTINGS}
+
+
+def parameter_constraints() -> dict:
+    """scikit-learn's ``_parameter_constraints`` for the estimator."""
+    return {s.name: list(s.constraints) for s in SETTINGS}
+
+
+def by_role(role: str) -> tuple[str, ...]:
+    """The names of the settings with ``role``; also takes a Flower treatment as ``"flower:<kind>"``.
+
+    Examples
+    --------
+    >>> by_role("plan")
+    ('n_rounds', 'pretrain_rounds', 'finetune_epochs')
+    >>> by_role("flower:unsupported")
+    ('pretrain_rounds', 'finetune_epochs')
+    """
+    if role.startswith("flower:"):
+        kind = role.split(":", 1)[1]
+        return tuple(s.name for s in SETTINGS if s.flower == kind)
+    if role not in ROLES:
+        raise ValueError(f"Unknown role {role!r}; expected one of {ROLES} or 'flower:<kind>'.")
+    return tuple(s.name for s in SETTINGS if s.role == role)
+
+
+def setting(name: str) -> Setting:
+    """The :class:`Setting` called ``name``."""
+    return _BY_NAME[name]
