@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from ._files import atomic_write
 
 MAGIC = b"PFEDEST-CHECKPOINT 1\n"
 _NAME = re.compile(r"^round-(\d+)\.ckpt$")
@@ -71,20 +72,7 @@ def save_checkpoint(state: dict, path) -> Path:
     torch.save(state, buffer)
     payload = buffer.getvalue()
     digest = hashlib.sha256(payload).hexdigest().encode()
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + digest + b"\n" + payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    atomic_write(path, lambda f: f.write(MAGIC + digest + b"\n" + payload))
     return path
 
 

@@ -45,7 +45,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import time
 import uuid
 import warnings
@@ -65,6 +64,7 @@ from ..core.sampling import RoundKeys, n_sampled
 from ..core.schedules import SCHEDULES
 from ..core.server import ServerOptimizer, WeightedAverage
 
+from .._files import atomic_write
 from ..core.types import Params
 
 
@@ -756,21 +756,6 @@ def _digest(params: Params) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename it: a node killed mid-write leaves the old file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class NodeStore:
     """A node's personal parameters: ``context.state`` during a run, and a file of its own.
 
@@ -843,7 +828,7 @@ class NodeStore:
         context.state[STATE_KEY] = ArrayRecord({k: Array(a) for k, a in arrays.items()})
         meta = {"partition_id": self.partition_id, "round": int(server_round), "run_id": int(run_id),
                 "names": sorted(arrays)}
-        _atomic_write(self.file, lambda f: np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays))
+        atomic_write(self.file, lambda f: np.savez(f, __meta__=np.array(json.dumps(meta)), **arrays))
         line = {"time": time.time(), "run_id": int(run_id), "round": int(server_round), "source": source,
                 "start": start, "end": _digest(personal), "train_loss": loss, "pid": os.getpid()}
         with open(self.log_file, "a") as f:
@@ -1317,12 +1302,12 @@ class _PollingGrid:
 
 
 def _write_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, default=str).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, default=str).encode()))
 
 
 def _write_shared(path: Path, shared: Params) -> None:
     arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in shared.items()}
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def server_main(grid, context, app_dir) -> Path:
