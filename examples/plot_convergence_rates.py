@@ -28,9 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pfedest.theory.problems import make_least_squares, make_logistic, run  # noqa: E402
-from pfedest.theory.rates import (PREDICTED_SLOPES, fit_linear_rate, fit_slope, linear_rate, theory_step_sizes,  # noqa: E402
-                           trajectory_bound, tuned_eta)
+from pfedest.theory import (PREDICTED_SLOPES, fit_linear_rate, fit_slope, linear_rate,  # noqa: E402
+                            make_least_squares, make_logistic, run, theory_step_sizes, trajectory_bound, tuned_eta)
 
 ALGORITHMS = ("fedalt", "fedsim")
 NAMES = {"fedalt": "FedAlt", "fedsim": "FedSim"}

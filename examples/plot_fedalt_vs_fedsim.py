@@ -1,6 +1,6 @@
 """When does FedAlt beat FedSim? Sweeps over the two knobs the theory names: coupling and personal noise.
 
-Personalized least squares (``pfedest.theory.problems.make_least_squares``), FedAlt and FedSim run through
+Personalized least squares (``pfedest.theory.generators.make_least_squares``), FedAlt and FedSim run through
 ``pfedest.core.rounds.run_round``, one local step per block:
 
 1. **Coupling ``chi``, full gradients.** The round is then an affine map whose spectral radius
@@ -31,8 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pfedest.theory.problems import make_least_squares, run  # noqa: E402
-from pfedest.theory.rates import linear_rate, theory_step_sizes  # noqa: E402
+from pfedest.theory import linear_rate, make_least_squares, run, theory_step_sizes  # noqa: E402
 
 ALGORITHMS = ("fedalt", "fedsim")
 NAMES = {"fedalt": "FedAlt", "fedsim": "FedSim"}

@@ -9,9 +9,10 @@ affine round it is, to 1e-5.
 import numpy as np
 import pytest
 
-from pfedest.theory.problems import make_least_squares, run
-from pfedest.theory.rates import (PREDICTED_SLOPES, descent_bound, fit_linear_rate, fit_slope, linear_rate, recalled_rate,
-                           round_jacobian, theory_step_sizes, trajectory_bound, tuned_eta)
+from pfedest.theory.driver import run
+from pfedest.theory.generators import make_least_squares
+from pfedest.theory.rates import (PREDICTED_SLOPES, descent_bound, fit_linear_rate, fit_slope, linear_rate,
+                                  recalled_rate, round_jacobian, theory_step_sizes, trajectory_bound, tuned_eta)
 
 PROBLEM = make_least_squares(n_clients=6, n_samples_per_client=24, dim_shared=4, dim_personal=2, random_state=0)
 ROUNDS = 150

@@ -1,12 +1,23 @@
 """Convex personalized problems with known constants, and what the convergence theory predicts.
 
+One module a job; arrows point one way (``rates -> driver -> problems``, ``generators -> problems``):
+
 - :mod:`~pfedest.theory.problems`: the problems and their constants.
+- :mod:`~pfedest.theory.generators`: data generators with a knob for each quantity of the theory.
+- :mod:`~pfedest.theory.driver`: :func:`~pfedest.theory.driver.run` FedAlt or FedSim on a problem,
+  measuring every round.
 - :mod:`~pfedest.theory.rates`: predicted step sizes, bounds and slopes, and slope fits.
+
+Every public name of the four is importable from ``pfedest.theory``.
 """
 
 from .problems import *  # noqa: F401,F403  (the public names of each module, listed in its __all__)
 from .problems import __all__ as _problems
+from .generators import *  # noqa: F401,F403
+from .generators import __all__ as _generators
+from .driver import *  # noqa: F401,F403
+from .driver import __all__ as _driver
 from .rates import *  # noqa: F401,F403
 from .rates import __all__ as _rates
 
-__all__ = [*_problems, *_rates]
+__all__ = [*_problems, *_generators, *_driver, *_rates]

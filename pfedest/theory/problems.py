@@ -1,4 +1,4 @@
-"""Convex personalized problems with known constants, and a driver that runs FedAlt/FedSim on them.
+"""Convex personalized problems with known constants: the objective, its gradients, noise and optimum.
 
 A problem has shared parameters ``u`` (dimension ``d_u``) and one personal vector ``v_i`` (dimension
 ``d_v``) per client. Client ``i`` holds rows ``j = 1..m_i`` with features ``a_j`` (for ``u``) and
@@ -10,8 +10,9 @@ zero over the client's rows. Its loss is
 
 with ``l`` the squared loss (:class:`PersonalizedLeastSquares`) or the logistic loss
 (:class:`PersonalizedLogistic`), and the federated objective is ``F = sum_i alpha_i F_i`` with
-``alpha_i = m_i / sum_k m_k``. The generators give every client the same number of rows, so
-``alpha_i = 1/n`` (the weighting of the analysis) *and* the engine's sample-count weighting agree.
+``alpha_i = m_i / sum_k m_k``. The generators of :mod:`pfedest.theory.generators` give every
+client the same number of rows, so ``alpha_i = 1/n`` (the weighting of the analysis) *and* the
+engine's sample-count weighting agree.
 
 The noise vectors change no full gradient (they sum to zero on each client) but enter every
 minibatch gradient: they set the gradient noise of the shared and of the personal block separately,
@@ -19,8 +20,7 @@ the knobs ``shared_noise`` and ``personal_noise``.
 
 FedAlt and FedSim run on these problems through the same code as the estimator: :meth:`torch_loss`
 is a ``loss(shared, personal, idx, mask)`` over the stacked rows (shared ``{"u": [d_u]}``,
-personal ``{"v": [n_clients, d_v]}``), and :func:`run` drives
-:func:`pfedest.core.rounds.run_round` with :data:`pfedest.core.algorithms.ALGORITHMS`.
+personal ``{"v": [n_clients, d_v]}``), which :func:`pfedest.theory.driver.run` trains.
 
 Everything the theory needs is computed from the data (see :class:`Constants`): smoothness in
 ``u`` and ``v``, the cross term and the coupling ``chi``, the strong convexity, the heterogeneity
@@ -30,22 +30,16 @@ squares, L-BFGS then Newton to machine precision for logistic regression).
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
-from numbers import Integral
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from sklearn.utils import check_random_state
 
-from ..core.algorithms import ALGORITHMS, StepSizes
-from ..core.engine import make_engine
-from ..core.rounds import run_round
-from ..core.sampling import sample_clients
-
-__all__ = ["Constants", "PersonalizedProblem", "PersonalizedLeastSquares", "PersonalizedLogistic",
-           "make_least_squares", "make_logistic", "Trajectory", "run"]
+__all__ = ["Constants", "PersonalizedProblem", "PersonalizedLeastSquares", "PersonalizedLogistic"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +69,7 @@ class Constants:
     >>> k = Constants(L_u=4.0, L_v=1.0, L_uv=1.0, chi=0.5, mu=0.1)
     >>> k.L_vu
     1.0
+    >>> from pfedest.theory.generators import make_least_squares
     >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
     >>> bool(0.0 <= p.constants.chi <= 1.0 and p.constants.mu > 0)
     True
@@ -189,7 +184,8 @@ class PersonalizedProblem:
     def _client_mean(self, rows: np.ndarray) -> np.ndarray:
         return self._client_sum(rows) / self.counts.reshape(-1, *([1] * (rows.ndim - 1)))
 
-    def _check_point(self, u, V):
+    def check_point(self, u, V) -> Tuple[np.ndarray, np.ndarray]:
+        """``(u, V)`` as float64 arrays, refused unless shaped ``(d_u,)`` and ``(n_clients, d_v)``."""
         u = np.asarray(u, dtype=np.float64)
         V = np.asarray(V, dtype=np.float64)
         if u.shape != (self.dim_shared,) or V.shape != (self.n_clients, self.dim_personal):
@@ -219,7 +215,7 @@ class PersonalizedProblem:
     # -------------------------------------------------------- exact quantities
     def client_objectives(self, u, V) -> np.ndarray:
         """``F_i(u, v_i)`` for every client, shape ``(n_clients,)``."""
-        u, V = self._check_point(u, V)
+        u, V = self.check_point(u, V)
         c = self.client_of_row
         rows = (self._loss(self._margins(u, V), self.y) + self.noise_u @ u
                 + np.einsum("rd,rd->r", self.noise_v, V[c]))
@@ -231,6 +227,7 @@ class PersonalizedProblem:
 
         Examples
         --------
+        >>> from pfedest.theory.generators import make_least_squares
         >>> p = make_least_squares(n_clients=3, n_samples_per_client=10, random_state=0)
         >>> u, V, F_star = p.optimum
         >>> bool(abs(p.objective(u, V) - F_star) < 1e-12)
@@ -260,7 +257,7 @@ class PersonalizedProblem:
     def client_gradients(self, u, V, *, per_client_shared=None) -> Tuple[np.ndarray, np.ndarray]:
         """``grad_u F_i`` and ``grad_v F_i`` of every client: shapes ``(n, d_u)`` and ``(n, d_v)``."""
         if per_client_shared is None:
-            u, V = self._check_point(u, V)
+            u, V = self.check_point(u, V)
         U = np.broadcast_to(u if per_client_shared is None else per_client_shared, (self.n_clients, self.dim_shared))
         g_u, g_v = self.row_gradients(u, V, per_client_shared=U)
         return (self._client_mean(g_u) + self.ridge_u * U,
@@ -281,9 +278,30 @@ class PersonalizedProblem:
         ``(1/L_u) ||grad_u F||^2 + (m/n) (1/L_v) sum_i alpha_i ||grad_v F_i||^2`` with ``m/n =
         participation``: a personal vector moves only in the rounds its client is sampled.
         """
+        shared, personal = self.stationarity_terms(u, V)
+        return shared + participation * personal
+
+    def stationarity_terms(self, u, V) -> Tuple[float, float]:
+        """The two parts of :meth:`stationarity`, the personal one not yet weighted by the participation.
+
+        Returns
+        -------
+        shared : float
+            ``(1/L_u) ||grad_u F||^2``.
+        personal : float
+            ``(1/L_v) sum_i alpha_i ||grad_v F_i||^2``.
+
+        Examples
+        --------
+        >>> from pfedest.theory.generators import make_least_squares
+        >>> p = make_least_squares(n_clients=3, n_samples_per_client=10, random_state=0)
+        >>> shared, personal = p.stationarity_terms(np.zeros(5), np.zeros((3, 3)))
+        >>> bool(np.isclose(shared + 0.5 * personal, p.stationarity(np.zeros(5), np.zeros((3, 3)), 0.5)))
+        True
+        """
         g_u, g_v = self.gradients(u, V)
         k = self.constants
-        return float(g_u @ g_u / k.L_u + participation * self.alpha @ np.sum(g_v ** 2, axis=1) / k.L_v)
+        return float(g_u @ g_u / k.L_u), float(self.alpha @ np.sum(g_v ** 2, axis=1) / k.L_v)
 
     def gradient_variance(self, u, V, batch_size: int, *, per_client_shared=None) -> Tuple[np.ndarray, np.ndarray]:
         """Variance of one client's minibatch gradient, per client, for ``u`` and for ``v``.
@@ -307,6 +325,53 @@ class PersonalizedProblem:
             out.append(factor * spread)
         return out[0], out[1]
 
+    def update_noise(self, u, V, batch_size: Optional[int] = None,
+                     clients_per_round: Optional[int] = None) -> Tuple[float, float]:
+        """The noise of a round's updates from ``(u, V)``: ``N_u`` and ``N_v`` of the descent bound.
+
+        ``N_u = E ||g_u - grad_u F||^2`` for the server's average ``g_u`` of the sampled clients'
+        first shared minibatch gradients: ``sum_i alpha_i^2 Var(g_u,i)`` with all clients; with
+        ``m`` of ``n`` clients drawn uniformly without replacement (equal weights ``alpha_i = 1/n``)
+        ``(n - m) / (m (n - 1)) delta^2 + (1/(m n)) sum_i Var(g_u,i)``, ``delta^2`` the
+        :meth:`heterogeneity`. ``N_v = (m/n) sum_i alpha_i Var(g_v,i)``: the personal minibatch
+        noise of the clients that move.
+
+        Parameters
+        ----------
+        u : ndarray of shape (d_u,)
+        V : ndarray of shape (n_clients, d_v)
+        batch_size : int, default=None
+            Rows per minibatch (:meth:`gradient_variance`); ``None``: full gradients.
+        clients_per_round : int, default=None
+            ``m``; ``None`` is all clients.
+
+        Returns
+        -------
+        noise_shared, noise_personal : float
+
+        Examples
+        --------
+        >>> from pfedest.theory.generators import make_least_squares
+        >>> p = make_least_squares(n_clients=4, n_samples_per_client=10, random_state=0)
+        >>> u, V, _ = p.optimum
+        >>> p.update_noise(u, V)  # full gradients, all clients: no noise
+        (0.0, 0.0)
+        >>> N_u, N_v = p.update_noise(u, V, clients_per_round=2)
+        >>> bool(np.isclose(N_u, (4 - 2) / (2 * 3) * p.heterogeneity(u, V))), N_v
+        (True, 0.0)
+        """
+        n = self.n_clients
+        m = n if clients_per_round is None else int(clients_per_round)
+        if batch_size is None or batch_size >= self.counts.max():
+            var_u = var_v = np.zeros(n)
+        else:
+            var_u, var_v = self.gradient_variance(u, V, batch_size)
+        if m == n:
+            noise_shared = float(self.alpha ** 2 @ var_u)
+        else:
+            noise_shared = (n - m) / (m * (n - 1)) * self.heterogeneity(u, V) + float(var_u.sum()) / (m * n)
+        return noise_shared, (m / n) * float(self.alpha @ var_v)
+
     def heterogeneity(self, u, V) -> float:
         """Gradient diversity of the shared block: ``sum_i alpha_i ||grad_u F_i - grad_u F||^2``."""
         g_u, _ = self.client_gradients(u, V)
@@ -315,7 +380,7 @@ class PersonalizedProblem:
 
     def client_hessians(self, u, V) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Blocks of each ``F_i``'s Hessian in ``(u, v_i)``: ``H_uu [n,du,du], H_uv [n,du,dv], H_vv [n,dv,dv]``."""
-        u, V = self._check_point(u, V)
+        u, V = self.check_point(u, V)
         w = self._d2loss(self._margins(u, V), self.y)
         return self._weighted_blocks(w)
 
@@ -392,14 +457,6 @@ class PersonalizedProblem:
         return out
 
     # ----------------------------------------------------------- torch side
-    def _engine(self, name: str, compile: bool):
-        """One engine per (name, compile), kept on the problem: compiled steps are reused across runs."""
-        cache = self.__dict__.setdefault("_engines", {})
-        if (name, compile) not in cache:
-            shared = {"u": torch.zeros(self.dim_shared, dtype=torch.float64)}
-            cache[name, compile] = make_engine(name, self.torch_loss(), shared, compile=compile)
-        return cache[name, compile]
-
     def torch_loss(self, dtype: torch.dtype = torch.float64, device="cpu"):
         """``loss(shared, personal, idx, mask) -> (mean, (sum, count))`` for :mod:`pfedest.core.engine`.
 
@@ -432,22 +489,14 @@ class PersonalizedLeastSquares(PersonalizedProblem):
     """``F_i(u, v_i) = 1/(2 m_i) ||A_i u + B_i v_i - y_i||^2`` (+ noise terms and ridges).
 
     All constants are exact; the optimum solves the joint normal equations (each ``v_i``
-    eliminated by its Schur complement). Build one with :func:`make_least_squares`.
+    eliminated by its Schur complement). Build one with :func:`pfedest.theory.generators.make_least_squares`.
 
     Parameters
     ----------
-    A : ndarray of shape (n_rows, d_u)
-        Features multiplying the shared ``u``, rows sorted by client.
-    B : ndarray of shape (n_rows, d_v)
-        Features multiplying the client's personal ``v_i``.
+    A, B, counts, noise_u, noise_v, ridge_u, ridge_v
+        As in :class:`PersonalizedProblem`.
     y : ndarray of shape (n_rows,)
         Real targets.
-    counts : ndarray of int, shape (n_clients,)
-        Rows per client.
-    noise_u, noise_v : ndarray of shape (n_rows, d_u) and (n_rows, d_v), default=None
-        Per-row gradient-noise terms (see :class:`PersonalizedProblem`).
-    ridge_u, ridge_v : float, default=0.0
-        Ridge penalties ``(ridge/2) ||.||^2`` in every ``F_i``.
 
     Examples
     --------
@@ -481,23 +530,17 @@ class PersonalizedLogistic(PersonalizedProblem):
     Smoothness uses ``l'' <= 1/4``; the cross term is bounded by ``max_i ||A_i|| ||B_i|| / (4 m_i)``,
     so ``chi`` is an upper bound (often near 1). :attr:`chi_at_optimum` is the local coupling. The
     optimum comes from L-BFGS (scipy) polished by Newton steps to a gradient norm near 1e-15.
-    Build one with :func:`make_logistic`.
+    Build one with :func:`pfedest.theory.generators.make_logistic`.
 
     Parameters
     ----------
-    A : ndarray of shape (n_rows, d_u)
-        Features multiplying the shared ``u``, rows sorted by client.
-    B : ndarray of shape (n_rows, d_v)
-        Features multiplying the client's personal ``v_i``.
+    A, B, counts, noise_u, noise_v
+        As in :class:`PersonalizedProblem`.
     y : ndarray of shape (n_rows,)
         Labels ``+1`` or ``-1``.
-    counts : ndarray of int, shape (n_clients,)
-        Rows per client.
-    noise_u, noise_v : ndarray of shape (n_rows, d_u) and (n_rows, d_v), default=None
-        Per-row gradient-noise terms (see :class:`PersonalizedProblem`).
     ridge_u, ridge_v : float, default=0.0
-        Ridge penalties ``(ridge/2) ||.||^2`` in every ``F_i``; give them positive values when the
-        data may be separable, or the optimum may be at infinity.
+        As in :class:`PersonalizedProblem`; give them positive values when the data may be
+        separable, or the optimum may be at infinity.
 
     Examples
     --------
@@ -569,383 +612,15 @@ def _sigmoid(t):
     return 0.5 * (1.0 + np.tanh(0.5 * t))
 
 
-# ------------------------------------------------------------------ generators
-def _check_common(n_clients, n_samples_per_client, dim_shared, dim_personal, **nonneg):
-    for name, value in (("n_clients", n_clients), ("n_samples_per_client", n_samples_per_client),
-                        ("dim_shared", dim_shared), ("dim_personal", dim_personal)):
-        if not isinstance(value, Integral) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    for name, value in nonneg.items():
-        if not value >= 0:
-            raise ValueError(f"{name} must be non-negative, got {value!r}.")
+#: Names that lived in this module before it was split; they now live beside it.
+_MOVED = {"make_least_squares": "generators", "make_logistic": "generators", "run": "driver", "Trajectory": "driver"}
 
 
-def _features(rng, n_clients, m, d_u, d_v, coupling):
-    """Per client ``A_i`` and ``B_i = coupling A_i W + sqrt(1 - coupling^2) Z_i``, ``Z_i`` orthogonal to ``A_i``.
-
-    Orthogonality makes ``A_i^T B_i = coupling A_i^T A_i W``: exactly zero cross term at ``coupling=0``.
-    """
-    W = rng.standard_normal((d_u, d_v)) / np.sqrt(d_u)
-    As, Bs = [], []
-    for _ in range(n_clients):
-        A = rng.standard_normal((m, d_u))
-        Z = rng.standard_normal((m, d_v))
-        Z = Z - A @ np.linalg.lstsq(A, Z, rcond=None)[0]
-        Z *= np.sqrt(m / max(m - d_u, 1))  # restore unit variance per column
-        As.append(A)
-        Bs.append(coupling * A @ W + np.sqrt(1.0 - coupling ** 2) * Z)
-    return np.concatenate(As), np.concatenate(Bs)
-
-
-def _noise_table(rng, n_rows, dim, scale):
-    return scale * rng.standard_normal((n_rows, dim)) if scale > 0 else None
-
-
-def make_least_squares(n_clients: int = 8, n_samples_per_client: int = 40, dim_shared: int = 5,
-                       dim_personal: int = 3, *, coupling: float = 0.5, heterogeneity: float = 1.0,
-                       label_noise: float = 0.5, shared_noise: float = 0.0, personal_noise: float = 0.0,
-                       ridge: float = 0.0, random_state=None) -> PersonalizedLeastSquares:
-    """A personalized least-squares problem with knobs for each quantity the theory uses.
-
-    Client ``i`` has Gaussian features ``A_i`` and ``B_i`` (see ``coupling``), a true shared vector
-    ``u_true + heterogeneity * e_i`` and personal vector ``v_i``, and targets
-    ``A_i u_i + B_i v_i + label_noise * noise``. Every client has ``n_samples_per_client`` rows.
-
-    Parameters
-    ----------
-    n_clients, n_samples_per_client, dim_shared, dim_personal : int
-        ``n``, ``m_i``, ``d_u``, ``d_v``. Take ``n_samples_per_client > dim_shared + dim_personal``
-        for a unique optimum without ridge.
-    coupling : float in [0, 1), default=0.5
-        Correlation of the personal features with the shared ones; 0 gives ``chi = 0`` exactly
-        (``F_i = f_i(u) + g_i(v_i)``), larger values a larger ``chi`` (computed, see ``.constants``).
-    heterogeneity : float, default=1.0
-        Spread of the clients' true shared vectors: sets ``delta^2`` at the optimum (0 with
-        ``label_noise=0`` gives ``delta^2 = 0``).
-    label_noise : float, default=0.5
-        Residual at the optimum: minibatch gradient noise that does not vanish there.
-    shared_noise, personal_noise : float, default=0.0
-        Scale of the per-row noise vectors: extra minibatch noise in ``grad_u`` and ``grad_v`` alone,
-        with no change to ``F`` or its full gradients.
-    ridge : float, default=0.0
-        ``ridge_u = ridge_v``.
-    random_state : int, RandomState instance or None, default=None
-
-    Returns
-    -------
-    PersonalizedLeastSquares
-
-    Examples
-    --------
-    >>> p = make_least_squares(n_clients=4, n_samples_per_client=20, coupling=0.0, random_state=0)
-    >>> p.constants.chi < 1e-12
-    True
-    >>> u, V, F_star = p.optimum
-    >>> g_u, g_v = p.gradients(u, V)
-    >>> bool(np.abs(g_u).max() < 1e-12 and np.abs(g_v).max() < 1e-12)
-    True
-    """
-    _check_common(n_clients, n_samples_per_client, dim_shared, dim_personal, heterogeneity=heterogeneity,
-                  label_noise=label_noise, shared_noise=shared_noise, personal_noise=personal_noise, ridge=ridge)
-    if not 0 <= coupling < 1:
-        raise ValueError(f"coupling must be in [0, 1), got {coupling!r} (1 makes B a function of A: "
-                         "no unique optimum).")
-    rng = check_random_state(random_state)
-    n, m = n_clients, n_samples_per_client
-    A, B = _features(rng, n, m, dim_shared, dim_personal, coupling)
-    u_true = rng.standard_normal(dim_shared)
-    U = u_true + heterogeneity * rng.standard_normal((n, dim_shared))
-    V = rng.standard_normal((n, dim_personal))
-    c = np.repeat(np.arange(n), m)
-    y = np.einsum("rd,rd->r", A, U[c]) + np.einsum("rd,rd->r", B, V[c]) + label_noise * rng.standard_normal(n * m)
-    return PersonalizedLeastSquares(A, B, y, np.full(n, m), _noise_table(rng, n * m, dim_shared, shared_noise),
-                                    _noise_table(rng, n * m, dim_personal, personal_noise), ridge, ridge)
-
-
-def make_logistic(n_clients: int = 8, n_samples_per_client: int = 40, dim_shared: int = 5, dim_personal: int = 3,
-                  *, coupling: float = 0.5, heterogeneity: float = 1.0, scale: float = 1.0, shared_noise: float = 0.0,
-                  personal_noise: float = 0.0, ridge: float = 1e-2, random_state=None) -> PersonalizedLogistic:
-    """A personalized logistic regression: labels ``+-1`` drawn from each client's own true model.
-
-    Features are drawn as in :func:`make_least_squares`; client ``i``'s labels are ``+1`` with
-    probability ``sigmoid(a_j.u_i + b_j.v_i)``.
-
-    Parameters
-    ----------
-    n_clients, n_samples_per_client, dim_shared, dim_personal : int
-        ``n``, ``m_i``, ``d_u``, ``d_v``.
-    coupling : float in [0, 1), default=0.5
-        Correlation of the personal features with the shared ones (see :func:`make_least_squares`).
-    heterogeneity : float, default=1.0
-        Spread of the clients' true shared vectors.
-    scale : float, default=1.0
-        Multiplies the true parameters (larger: cleaner labels, nearly separable data).
-    shared_noise, personal_noise : float, default=0.0
-        Scale of the per-row noise vectors: extra minibatch noise in ``grad_u`` and ``grad_v`` alone,
-        with no change to ``F`` or its full gradients.
-    ridge : float, default=1e-2
-        ``ridge_u = ridge_v``; ``ridge > 0`` keeps the optimum finite and unique.
-    random_state : int, RandomState instance or None, default=None
-
-    Returns
-    -------
-    PersonalizedLogistic
-
-    Examples
-    --------
-    >>> p = make_logistic(n_clients=3, n_samples_per_client=20, random_state=0)
-    >>> u, V, F_star = p.optimum
-    >>> g_u, g_v = p.gradients(u, V)
-    >>> bool(max(np.abs(g_u).max(), np.abs(g_v).max()) < 1e-12)
-    True
-    """
-    _check_common(n_clients, n_samples_per_client, dim_shared, dim_personal, heterogeneity=heterogeneity,
-                  scale=scale, shared_noise=shared_noise, personal_noise=personal_noise, ridge=ridge)
-    if not 0 <= coupling < 1:
-        raise ValueError(f"coupling must be in [0, 1), got {coupling!r}.")
-    rng = check_random_state(random_state)
-    n, m = n_clients, n_samples_per_client
-    A, B = _features(rng, n, m, dim_shared, dim_personal, coupling)
-    u_true = rng.standard_normal(dim_shared)
-    U = scale * (u_true + heterogeneity * rng.standard_normal((n, dim_shared)))
-    V = scale * rng.standard_normal((n, dim_personal))
-    c = np.repeat(np.arange(n), m)
-    z = np.einsum("rd,rd->r", A, U[c]) + np.einsum("rd,rd->r", B, V[c])
-    y = np.where(rng.random_sample(n * m) < _sigmoid(z), 1.0, -1.0)
-    return PersonalizedLogistic(A, B, y, np.full(n, m), _noise_table(rng, n * m, dim_shared, shared_noise),
-                                _noise_table(rng, n * m, dim_personal, personal_noise), ridge, ridge)
-
-
-# ---------------------------------------------------------------------- driver
-@dataclass
-class Trajectory:
-    """What :func:`run` measured, round by round.
-
-    Arrays indexed by round ``t = 0..T`` hold values at the iterate ``(u_t, V_t)`` before round
-    ``t + 1``; arrays of length ``T`` hold one value per round. Built by :func:`run`; the fields
-    below are its constructor's parameters and the instance's attributes.
-
-    Parameters
-    ----------
-    algorithm : str
-    lr_shared, lr_personal : float
-    local_steps : tuple of int
-        ``(personal, shared)`` for FedAlt, ``(joint, joint)`` for FedSim.
-    batch_size : int
-        Rows per minibatch (``>= m_i``: full gradients).
-    clients_per_round : int
-    participation : float
-        ``m / n``.
-    objective_gap : ndarray of shape (T + 1,)
-        ``F(u_t, V_t) - F*``.
-    distance : ndarray of shape (T + 1,)
-        ``sqrt(||u_t - u*||^2 + sum_i ||v_i,t - v_i*||^2)``.
-    stationarity : ndarray of shape (T + 1,)
-        The measure of :meth:`PersonalizedProblem.stationarity` at ``(u_t, V_t)``.
-    stationarity_shared : ndarray of shape (T + 1,)
-        Its shared part alone, ``(1/L_u) ||grad_u F(u_t, V_t)||^2``.
-    measured : ndarray of shape (T,)
-        The per-round quantity that the descent bound of :func:`pfedest.theory.rates.descent_bound` covers:
-        ``stationarity[t]`` for FedSim; for FedAlt the shared part is evaluated at ``(u_t, V_{t+1})``,
-        the point its shared step starts from.
-    noise_shared : ndarray of shape (T,)
-        ``E ||g_u - grad_u F||^2`` of the round's averaged shared gradient (first local step), given
-        the iterate: client sampling (``delta^2``) plus minibatch noise.
-    noise_personal : ndarray of shape (T,)
-        ``(m/n) sum_i alpha_i Var(g_v,i)``: the personal minibatch noise of the clients that move.
-    train_loss : ndarray of shape (T,)
-        The engine's reported mean data loss over the round's minibatches.
-    shared, personal : ndarray
-        The final ``u`` and ``V``.
-    diverged_at : int or None
-        The round whose loss or iterate was no longer finite (the run stopped there).
-
-    Examples
-    --------
-    >>> from pfedest.theory.rates import theory_step_sizes
-    >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
-    >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
-    >>> traj = run(p, "fedalt", 3, lr_shared=lr_u, lr_personal=lr_v, random_state=0)
-    >>> traj.n_rounds, traj.objective_gap.shape, traj.local_steps
-    (3, (4,), (1, 1))
-    >>> bool(np.all(np.diff(traj.objective_gap) < 0))
-    True
-    >>> traj.running_mean().shape
-    (3,)
-    """
-
-    algorithm: str
-    lr_shared: float
-    lr_personal: float
-    local_steps: Tuple[int, int]
-    batch_size: int
-    clients_per_round: int
-    participation: float
-    objective_gap: np.ndarray
-    distance: np.ndarray
-    stationarity: np.ndarray
-    stationarity_shared: np.ndarray
-    measured: np.ndarray
-    noise_shared: np.ndarray
-    noise_personal: np.ndarray
-    train_loss: np.ndarray
-    shared: np.ndarray
-    personal: np.ndarray
-    diverged_at: Optional[int] = None
-
-    @property
-    def n_rounds(self) -> int:
-        return len(self.measured)
-
-    def running_mean(self, name: str = "measured") -> np.ndarray:
-        """``(1/T) sum_{t<T}`` of a per-round array, for ``T = 1..n_rounds``: what the theorems bound."""
-        values = np.asarray(getattr(self, name), dtype=float)[: self.n_rounds]
-        return np.cumsum(values) / np.arange(1, len(values) + 1)
-
-
-def _steps_for(algorithm: str, local_steps):
-    if isinstance(local_steps, Integral):
-        local_steps = (local_steps, local_steps)
-    personal, shared = (int(s) for s in local_steps)
-    if personal < 1 or shared < 1:
-        raise ValueError(f"local_steps must be positive, got {local_steps!r}.")
-    if algorithm == "fedalt":
-        return {"personal": personal, "shared": shared}, (personal, shared)
-    if personal != shared:
-        raise ValueError(f"FedSim takes joint steps: give one local step count, got {local_steps!r}.")
-    return {"joint": shared}, (shared, shared)
-
-
-def run(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, lr_shared: float, lr_personal: float,
-        clients_per_round: Optional[int] = None, local_steps: Union[int, Tuple[int, int]] = 1,
-        batch_size: Optional[int] = None, engine: str = "vmap", compile: bool = False, init=None,
-        random_state=None) -> Trajectory:
-    """Run FedAlt or FedSim on ``problem`` through :func:`pfedest.core.rounds.run_round`, measuring every round.
-
-    The shared vector is ``{"u": [d_u]}``, the personal state ``{"v": [n_clients, d_v]}``, in
-    float64. Clients are sampled with :func:`pfedest.core.sampling.sample_clients` from a generator of
-    their own, so two runs with the same ``random_state`` sample the same clients whatever the
-    algorithm (their minibatches come from a second generator).
-
-    Parameters
-    ----------
-    problem : PersonalizedProblem
-    algorithm : {"fedalt", "fedsim"}
-    n_rounds : int
-    lr_shared, lr_personal : float
-        Client step sizes ``gamma_u``, ``gamma_v`` (see :func:`pfedest.theory.rates.theory_step_sizes`).
-    clients_per_round : int, default=None
-        ``m``; ``None`` is full participation.
-    local_steps : int or (int, int), default=1
-        FedSim: joint steps. FedAlt: ``(personal, shared)`` steps, or one number for both.
-    batch_size : int, default=None
-        Rows per minibatch; ``None`` (or at least the largest client) gives full gradients.
-    engine : {"vmap", "loop"}, default="vmap"
-    compile : bool, default=False
-        Compile the batched step with ``torch.compile`` (vmap engine): about 15 s once per problem
-        and step layout on a CPU, then rounds several times faster; for runs of thousands of rounds.
-    init : (ndarray, ndarray), default=None
-        Starting ``(u, V)``; zeros by default.
-    random_state : int, RandomState instance or None, default=None
-
-    Returns
-    -------
-    Trajectory
-
-    Examples
-    --------
-    >>> from pfedest.theory.rates import theory_step_sizes
-    >>> p = make_least_squares(n_clients=4, n_samples_per_client=20, random_state=0)
-    >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
-    >>> traj = run(p, "fedalt", 200, lr_shared=lr_u, lr_personal=lr_v)
-    >>> bool(traj.objective_gap[-1] < 1e-10)
-    True
-    """
-    if algorithm not in ("fedalt", "fedsim"):
-        raise ValueError(f"algorithm must be 'fedalt' or 'fedsim', got {algorithm!r}.")
-    if not isinstance(n_rounds, Integral) or n_rounds < 1:
-        raise ValueError(f"n_rounds must be a positive integer, got {n_rounds!r}.")
-    if not (lr_shared > 0 and lr_personal > 0):
-        raise ValueError(f"step sizes must be positive, got lr_shared={lr_shared!r}, lr_personal={lr_personal!r}.")
-    n = problem.n_clients
-    m = n if clients_per_round is None else int(clients_per_round)
-    if not 1 <= m <= n:
-        raise ValueError(f"clients_per_round must be in [1, {n}], got {clients_per_round!r}.")
-    b = int(problem.counts.max()) if batch_size is None else int(batch_size)
-    if b < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size!r}.")
-    steps, step_counts = _steps_for(algorithm, local_steps)
-
-    seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
-    client_seq, batch_seq = np.random.SeedSequence(seed).spawn(2)
-    client_rng, batch_rng = np.random.default_rng(client_seq), np.random.default_rng(batch_seq)
-
-    if init is None:
-        u, V = np.zeros(problem.dim_shared), np.zeros((n, problem.dim_personal))
-    else:
-        u, V = (a.copy() for a in problem._check_point(*init))
-    shared = {"u": torch.tensor(u, dtype=torch.float64)}
-    personal = {"v": torch.tensor(V, dtype=torch.float64)}
-    runner = problem._engine(engine, compile)
-    lr = StepSizes(shared=float(lr_shared), personal=float(lr_personal))
-    cpu = torch.device("cpu")
-    u_star, V_star, F_star = problem.optimum
-    participation = m / n
-    k, alpha = problem.constants, problem.alpha
-    deterministic = b >= problem.counts.max()
-
-    def at(u, V):
-        """Shared gradient of F, the clients' personal gradients and minibatch variances at (u, V)."""
-        g_u, g_v = problem.client_gradients(u, V)
-        var_u, var_v = (np.zeros(n), np.zeros(n)) if deterministic else problem.gradient_variance(u, V, b)
-        return {"g_u": g_u, "grad_u": alpha @ g_u, "g_v": g_v, "var_u": var_u, "var_v": var_v}
-
-    def stationarity(grad_u, g_v):
-        return float(grad_u @ grad_u / k.L_u + participation * alpha @ np.sum(g_v ** 2, 1) / k.L_v)
-
-    def shared_noise(point):
-        """E ||averaged shared gradient - grad_u F||^2 given the point (first local step)."""
-        if m == n:
-            return float(alpha ** 2 @ point["var_u"])
-        # m of n clients uniformly without replacement, equal weights (alpha_i = 1/n)
-        delta2 = float(alpha @ np.sum((point["g_u"] - point["grad_u"]) ** 2, 1))
-        return (n - m) / (m * (n - 1)) * delta2 + float(point["var_u"].sum()) / (m * n)
-
-    here = at(u, V)
-    gap = [problem.objective(u, V) - F_star]
-    dist = [float(np.sqrt(np.sum((u - u_star) ** 2) + np.sum((V - V_star) ** 2)))]
-    stat = [stationarity(here["grad_u"], here["g_v"])]
-    stat_u = [float(here["grad_u"] @ here["grad_u"] / k.L_u)]
-    measured, noise_u, noise_v, losses = [], [], [], []
-    diverged_at = None
-    for t in range(n_rounds):
-        sampled = sample_clients(client_rng, np.arange(n), m)
-        new_shared, result = run_round(
-            algorithm=ALGORITHMS[algorithm], engine=runner, shared=shared, personal_state=personal,
-            counts=problem.counts, offsets=problem.offsets, sampled=sampled, rng=batch_rng, batch_size=b,
-            steps=steps, lr=lr, server_lr=1.0, chunk_size=None, device=cpu)
-        u_new = new_shared["u"].numpy().copy()
-        V_new = personal["v"].numpy().copy()
-        if not (result.finite and np.all(np.isfinite(u_new)) and np.all(np.isfinite(V_new))):
-            diverged_at = t + 1
-            break
-        # FedAlt's shared step starts from (u_t, V_{t+1}); FedSim's from (u_t, V_t).
-        start = at(u, V_new) if algorithm == "fedalt" else here
-        measured.append(stationarity(start["grad_u"], here["g_v"]))
-        noise_u.append(shared_noise(start))
-        noise_v.append(float(participation * alpha @ here["var_v"]))
-        losses.append(result.loss_sum / max(result.row_count, 1.0))
-        shared, u, V = new_shared, u_new, V_new
-        here = at(u, V)
-        gap.append(problem.objective(u, V) - F_star)
-        dist.append(float(np.sqrt(np.sum((u - u_star) ** 2) + np.sum((V - V_star) ** 2))))
-        stat.append(stationarity(here["grad_u"], here["g_v"]))
-        stat_u.append(float(here["grad_u"] @ here["grad_u"] / k.L_u))
-
-    return Trajectory(
-        algorithm=algorithm, lr_shared=lr.shared, lr_personal=lr.personal, local_steps=step_counts, batch_size=b,
-        clients_per_round=m, participation=participation, objective_gap=np.array(gap), distance=np.array(dist),
-        stationarity=np.array(stat), stationarity_shared=np.array(stat_u), measured=np.array(measured),
-        noise_shared=np.array(noise_u),
-        noise_personal=np.array(noise_v), train_loss=np.array(losses), shared=u, personal=V,
-        diverged_at=diverged_at)
+def __getattr__(name):
+    """``pfedest.theory.problems.run`` and the others that moved: found where they live now, with a warning."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    new = f"pfedest.theory.{_MOVED[name]}"
+    warnings.warn(f"{__name__}.{name} has moved to {new}.{name}; import it from there or from pfedest.theory.",
+                  FutureWarning, stacklevel=2)
+    return getattr(importlib.import_module(new), name)

@@ -1,4 +1,4 @@
-"""What the theory predicts for a problem of :mod:`pfedest.theory.problems`, to set next to what a run measured.
+"""What the theory predicts for a problem of :mod:`pfedest.theory.problems`, to set next to what :func:`pfedest.theory.driver.run` measured.
 
 Three kinds of prediction, kept apart because they are not equally certain:
 
@@ -11,7 +11,7 @@ Three kinds of prediction, kept apart because they are not equally certain:
    where ``kappa = 1 + chi`` for FedSim and ``1`` for FedAlt, ``c_b = gamma_b (1 - kappa L_b
    gamma_b / 2)``, ``K = max(1 / (L_u c_u), 1 / (L_v c_v))``, and ``N_u,t``, ``N_v,t`` are the
    variances of the round's shared and personal updates (client sampling and minibatches; see
-   :class:`pfedest.theory.problems.Trajectory`). The derivation is in ``docs/theory.md``. It covers FedSim
+   :class:`pfedest.theory.driver.Trajectory`). The derivation is in ``docs/theory.md``. It covers FedSim
    with full or partial participation and FedAlt with full participation (for FedAlt the shared
    gradient is taken at ``(u_t, V_{t+1})``, where its shared step starts). Without noise it holds
    for every run; with noise it holds in expectation.
@@ -32,7 +32,8 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from .problems import PersonalizedProblem, Trajectory
+from .driver import Trajectory, local_step_counts
+from .problems import PersonalizedProblem
 
 __all__ = ["PREDICTED_SLOPES", "theory_step_sizes", "tuned_eta", "descent_bound", "trajectory_bound",
            "reference_round", "round_jacobian", "linear_rate", "recalled_rate", "fit_slope", "fit_linear_rate"]
@@ -72,7 +73,7 @@ def theory_step_sizes(problem: PersonalizedProblem, eta: float = 1.0, *, n_round
 
     Examples
     --------
-    >>> from pfedest.theory.problems import make_least_squares
+    >>> from pfedest.theory import make_least_squares
     >>> p = make_least_squares(n_clients=3, n_samples_per_client=10, random_state=0)
     >>> lr_u, lr_v = theory_step_sizes(p, eta=1.0)
     >>> bool(np.isclose(lr_u * p.constants.L_u, 1.0))
@@ -80,7 +81,7 @@ def theory_step_sizes(problem: PersonalizedProblem, eta: float = 1.0, *, n_round
     """
     if not eta > 0:
         raise ValueError(f"eta must be positive, got {eta!r}.")
-    tau_v, tau_u = (local_steps, local_steps) if np.isscalar(local_steps) else local_steps
+    tau_v, tau_u = local_step_counts(local_steps)
     scale = eta / np.sqrt(n_rounds) if n_rounds else eta
     k = problem.constants
     return scale / (k.L_u * tau_u), scale / (k.L_v * tau_v)
@@ -106,7 +107,7 @@ def tuned_eta(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, ba
     clients_per_round : int, default=None
         ``m``; ``None`` is all clients (no client-sampling noise).
     initial_gap : float, default=None
-        ``F(x_0) - F*``; ``None`` takes ``x_0 = 0``, the start of :func:`pfedest.theory.problems.run`.
+        ``F(x_0) - F*``; ``None`` takes ``x_0 = 0``, the start of :func:`pfedest.theory.driver.run`.
 
     Returns
     -------
@@ -115,7 +116,7 @@ def tuned_eta(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, ba
 
     Examples
     --------
-    >>> from pfedest.theory.problems import make_least_squares
+    >>> from pfedest.theory import make_least_squares
     >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
     >>> tuned_eta(p, "fedalt", 100)
     1.0
@@ -126,16 +127,7 @@ def tuned_eta(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, ba
     """
     kappa = _kappa(problem, algorithm)
     u, V, F_star = problem.optimum
-    n = problem.n_clients
-    m = n if clients_per_round is None else int(clients_per_round)
-    b = int(problem.counts.max()) if batch_size is None else int(batch_size)
-    var_u, var_v = problem.gradient_variance(u, V, b)
-    alpha = problem.alpha
-    if m == n:
-        N_u = float(alpha ** 2 @ var_u)
-    else:
-        N_u = (n - m) / (m * (n - 1)) * problem.heterogeneity(u, V) + float(var_u.sum()) / (m * n)
-    N_v = (m / n) * float(alpha @ var_v)
+    N_u, N_v = problem.update_noise(u, V, batch_size, clients_per_round)
     k = problem.constants
     S = N_u / k.L_u + N_v / k.L_v
     if initial_gap is None:
@@ -152,7 +144,7 @@ def descent_bound(problem: PersonalizedProblem, algorithm: str, lr_shared: float
     """Upper bound on the average of the measure over the first ``T`` rounds, for ``T = 1..n_rounds``.
 
     See the module docstring for the formula and ``docs/theory.md`` for its proof. It bounds
-    :meth:`pfedest.theory.problems.Trajectory.running_mean` of ``measured`` (surely without noise, in
+    :meth:`pfedest.theory.driver.Trajectory.running_mean` of ``measured`` (surely without noise, in
     expectation with noise).
 
     Parameters
@@ -184,7 +176,7 @@ def descent_bound(problem: PersonalizedProblem, algorithm: str, lr_shared: float
 
     Examples
     --------
-    >>> from pfedest.theory.problems import make_least_squares
+    >>> from pfedest.theory import make_least_squares
     >>> p = make_least_squares(n_clients=3, n_samples_per_client=10, random_state=0)
     >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
     >>> bound = descent_bound(p, "fedalt", lr_u, lr_v, 100, initial_gap=1.0)
@@ -192,8 +184,7 @@ def descent_bound(problem: PersonalizedProblem, algorithm: str, lr_shared: float
     True
     """
     kappa = _kappa(problem, algorithm)
-    tau = (local_steps, local_steps) if np.isscalar(local_steps) else tuple(local_steps)
-    if tuple(tau) != (1, 1):
+    if local_step_counts(local_steps, algorithm) != (1, 1):
         raise NotImplementedError(f"the descent bound covers one local step per block, got "
                                   f"local_steps={local_steps!r}; use recalled_rate for the shape of the "
                                   "multi-step rates.")
@@ -227,7 +218,7 @@ def trajectory_bound(problem: PersonalizedProblem, trajectory: Trajectory) -> np
     problem : PersonalizedProblem
         The problem the run was on.
     trajectory : Trajectory
-        What :func:`pfedest.theory.problems.run` returned (one local step per block).
+        What :func:`pfedest.theory.driver.run` returned (one local step per block).
 
     Returns
     -------
@@ -236,7 +227,7 @@ def trajectory_bound(problem: PersonalizedProblem, trajectory: Trajectory) -> np
 
     Examples
     --------
-    >>> from pfedest.theory.problems import make_least_squares, run
+    >>> from pfedest.theory import make_least_squares, run
     >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
     >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
     >>> traj = run(p, "fedalt", 3, lr_shared=lr_u, lr_personal=lr_v, random_state=0)
@@ -279,7 +270,7 @@ def reference_round(problem: PersonalizedProblem, u: np.ndarray, V: np.ndarray, 
     --------
     The optimum is a fixed point of a full-gradient round:
 
-    >>> from pfedest.theory.problems import make_least_squares
+    >>> from pfedest.theory import make_least_squares
     >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
     >>> u, V, _ = p.optimum
     >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
@@ -287,7 +278,7 @@ def reference_round(problem: PersonalizedProblem, u: np.ndarray, V: np.ndarray, 
     >>> bool(np.allclose(u1, u) and np.allclose(V1, V))
     True
     """
-    tau_v, tau_u = (local_steps, local_steps) if np.isscalar(local_steps) else local_steps
+    tau_v, tau_u = local_step_counts(local_steps, algorithm)
     n = problem.n_clients
     U = np.broadcast_to(np.asarray(u, dtype=np.float64), (n, problem.dim_shared)).copy()
     V = np.asarray(V, dtype=np.float64).copy()
@@ -298,14 +289,10 @@ def reference_round(problem: PersonalizedProblem, u: np.ndarray, V: np.ndarray, 
         for _ in range(tau_u):
             g_u, _ = problem.client_gradients(u, V, per_client_shared=U)
             U = U - lr_shared * g_u
-    elif algorithm == "fedsim":
-        if tau_v != tau_u:
-            raise ValueError(f"FedSim takes joint steps: give one local step count, got {local_steps!r}.")
+    else:  # FedSim: joint steps
         for _ in range(tau_u):
             g_u, g_v = problem.client_gradients(u, V, per_client_shared=U)
             U, V = U - lr_shared * g_u, V - lr_personal * g_v
-    else:
-        raise ValueError(f"algorithm must be 'fedalt' or 'fedsim', got {algorithm!r}.")
     return problem.alpha @ U, V
 
 
@@ -333,7 +320,7 @@ def round_jacobian(problem: PersonalizedProblem, algorithm: str, lr_shared: floa
 
     Examples
     --------
-    >>> from pfedest.theory.problems import make_least_squares
+    >>> from pfedest.theory import make_least_squares
     >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
     >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
     >>> J = round_jacobian(p, "fedalt", lr_u, lr_v)
@@ -368,14 +355,8 @@ def linear_rate(problem: PersonalizedProblem, algorithm: str, lr_shared: float, 
 
     Parameters
     ----------
-    problem : PersonalizedProblem
-    algorithm : {"fedalt", "fedsim"}
-    lr_shared, lr_personal : float
-        ``gamma_u``, ``gamma_v``.
-    local_steps : int or (int, int), default=1
-        As in :func:`reference_round`.
-    eps : float, default=1e-6
-        Step of the central differences of :func:`round_jacobian`.
+    problem, algorithm, lr_shared, lr_personal, local_steps, eps
+        As in :func:`round_jacobian`.
 
     Returns
     -------
@@ -384,7 +365,7 @@ def linear_rate(problem: PersonalizedProblem, algorithm: str, lr_shared: float, 
 
     Examples
     --------
-    >>> from pfedest.theory.problems import make_least_squares
+    >>> from pfedest.theory import make_least_squares
     >>> p = make_least_squares(n_clients=3, n_samples_per_client=10, coupling=0.0, random_state=0)
     >>> lr_u, lr_v = theory_step_sizes(p, eta=1.0)
     >>> a, s = (linear_rate(p, alg, lr_u, lr_v) for alg in ("fedalt", "fedsim"))
