@@ -5,7 +5,9 @@ Build (from the repository root; warnings are errors, as in CI)::
     python -m sphinx -W --keep-going -b html docs docs/_build/html
 
 The example gallery runs the wrappers in ``docs/gallery_examples/`` (small sizes, a few minutes on
-2 CPU cores). Set ``PFEDEST_DOCS_NO_GALLERY=1`` to build the pages without running them.
+2 CPU cores): each page includes its ``examples/`` script whole and calls the script's ``main``
+through ``gallery_examples/_gallery.py``. Set ``PFEDEST_DOCS_NO_GALLERY=1`` to build the pages
+without running them.
 """
 
 import os
@@ -65,6 +67,8 @@ sphinx_gallery_conf = {
     "examples_dirs": str(DOCS / "gallery_examples"),
     "gallery_dirs": str(DOCS / "auto_examples"),
     "filename_pattern": r"/plot_",
+    # _gallery.py (the wrappers' helper) is no page of its own
+    "ignore_pattern": r"__init__\.py|(^|[\\/])_\w+\.py$",
     "plot_gallery": "False" if os.environ.get("PFEDEST_DOCS_NO_GALLERY") else "True",
     "download_all_examples": False,
     "remove_config_comments": True,

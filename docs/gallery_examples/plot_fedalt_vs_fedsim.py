@@ -5,33 +5,31 @@ FedAlt against FedSim: coupling and personal noise
 When does FedAlt beat FedSim? Sweeps over the two knobs the theory names: the coupling between
 shared and personal parameters, and the noise of the personal gradients.
 
-Full size: ``python examples/plot_fedalt_vs_fedsim.py``. Here, for the documentation build: ``plot_fedalt_vs_fedsim.py --out-dir OUT --couplings 0,0.5,0.9 --etas 1.0 --rounds 60 --noises 0,4 --noise-couplings 0,0.8 --noise-rounds 60 --seeds 1``.
+The page shows the script ``examples/plot_fedalt_vs_fedsim.py`` whole, then runs it at a small size
+for the documentation build (its numbers and curves are noisier than the full-size run's, ``python
+examples/plot_fedalt_vs_fedsim.py``).
 """
 
 # %%
-# Load the script from ``examples/`` and run its ``main`` at a small size; it writes its
-# figure(s) into a temporary folder.
-import importlib.util
-import tempfile
-from pathlib import Path
-
-import matplotlib.pyplot as plt
-
-# sphinx-gallery runs this file from its own folder, docs/gallery_examples/.
-EXAMPLES = Path("../../examples").resolve()
-spec = importlib.util.spec_from_file_location("plot_fedalt_vs_fedsim", EXAMPLES / "plot_fedalt_vs_fedsim.py")
-example = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(example)
-
-out = Path(tempfile.mkdtemp())
-args = "plot_fedalt_vs_fedsim.py --out-dir OUT --couplings 0,0.5,0.9 --etas 1.0 --rounds 60 --noises 0,4 --noise-couplings 0,0.8 --noise-rounds 60 --seeds 1".split()[1:]
-example.main([a.replace("OUT", str(out)) for a in args])
-plt.close("all")
+# The script
+# ----------
+#
+# :download:`Download examples/plot_fedalt_vs_fedsim.py </../examples/plot_fedalt_vs_fedsim.py>`
+#
+# .. literalinclude:: /../examples/plot_fedalt_vs_fedsim.py
+#    :language: python
+#    :caption: examples/plot_fedalt_vs_fedsim.py
 
 # %%
-# The figure(s) the script saved.
-for png in sorted(out.glob("**/*.png")):
-    image = plt.imread(png)
-    fig, ax = plt.subplots(figsize=(image.shape[1] / 100, image.shape[0] / 100), layout="constrained")
-    ax.imshow(image)
-    ax.set_axis_off()
+# Run at a small size
+# -------------------
+#
+# Its ``main`` with the arguments below (``OUT`` is a temporary folder); the figures are the PNGs it
+# wrote.
+from _gallery import run_example
+
+run_example(
+    "plot_fedalt_vs_fedsim.py",
+    "--out-dir OUT --couplings 0,0.5,0.9 --etas 1.0 --rounds 60"
+    " --noises 0,4 --noise-couplings 0,0.8 --noise-rounds 60 --seeds 1",
+)

@@ -6,33 +6,26 @@ Partial personalization against its two baselines, FedAvg (nothing personal) and
 (everything personal), on clients whose features and labels are shifted: the table printed below
 compares the mean, weighted mean and worst-client accuracy of each.
 
-Full size: ``python examples/quickstart.py``. Here, for the documentation build: ``quickstart.py --clients 8 --rounds 10``.
+The page shows the script ``examples/quickstart.py`` whole, then runs it at a small size for the
+documentation build (its numbers and curves are noisier than the full-size run's, ``python
+examples/quickstart.py``).
 """
 
 # %%
-# Load the script from ``examples/`` and run its ``main`` at a small size; it writes its
-# figure(s) into a temporary folder.
-import importlib.util
-import tempfile
-from pathlib import Path
-
-import matplotlib.pyplot as plt
-
-# sphinx-gallery runs this file from its own folder, docs/gallery_examples/.
-EXAMPLES = Path("../../examples").resolve()
-spec = importlib.util.spec_from_file_location("quickstart", EXAMPLES / "quickstart.py")
-example = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(example)
-
-out = Path(tempfile.mkdtemp())
-args = "quickstart.py --clients 8 --rounds 10".split()[1:]
-example.main([a.replace("OUT", str(out)) for a in args])
-plt.close("all")
+# The script
+# ----------
+#
+# :download:`Download examples/quickstart.py </../examples/quickstart.py>`
+#
+# .. literalinclude:: /../examples/quickstart.py
+#    :language: python
+#    :caption: examples/quickstart.py
 
 # %%
-# The figure(s) the script saved.
-for png in sorted(out.glob("**/*.png")):
-    image = plt.imread(png)
-    fig, ax = plt.subplots(figsize=(image.shape[1] / 100, image.shape[0] / 100), layout="constrained")
-    ax.imshow(image)
-    ax.set_axis_off()
+# Run at a small size
+# -------------------
+#
+# Its ``main`` with the arguments below; it draws no figure, the table is its printed output.
+from _gallery import run_example
+
+run_example("quickstart.py", "--clients 8 --rounds 10")

@@ -5,33 +5,27 @@ Training curves of FedAlt and FedSim
 Test accuracy over rounds of FedAlt and FedSim, one column per personal part, in the style of
 the paper's figures.
 
-Full size: ``python examples/plot_training_curves.py``. Here, for the documentation build: ``plot_training_curves.py --out-dir OUT --clients 6 --per-round 3 --rounds 6 --every 3``.
+The page shows the script ``examples/plot_training_curves.py`` whole, then runs it at a small size
+for the documentation build (its numbers and curves are noisier than the full-size run's, ``python
+examples/plot_training_curves.py``).
 """
 
 # %%
-# Load the script from ``examples/`` and run its ``main`` at a small size; it writes its
-# figure(s) into a temporary folder.
-import importlib.util
-import tempfile
-from pathlib import Path
-
-import matplotlib.pyplot as plt
-
-# sphinx-gallery runs this file from its own folder, docs/gallery_examples/.
-EXAMPLES = Path("../../examples").resolve()
-spec = importlib.util.spec_from_file_location("plot_training_curves", EXAMPLES / "plot_training_curves.py")
-example = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(example)
-
-out = Path(tempfile.mkdtemp())
-args = "plot_training_curves.py --out-dir OUT --clients 6 --per-round 3 --rounds 6 --every 3".split()[1:]
-example.main([a.replace("OUT", str(out)) for a in args])
-plt.close("all")
+# The script
+# ----------
+#
+# :download:`Download examples/plot_training_curves.py </../examples/plot_training_curves.py>`
+#
+# .. literalinclude:: /../examples/plot_training_curves.py
+#    :language: python
+#    :caption: examples/plot_training_curves.py
 
 # %%
-# The figure(s) the script saved.
-for png in sorted(out.glob("**/*.png")):
-    image = plt.imread(png)
-    fig, ax = plt.subplots(figsize=(image.shape[1] / 100, image.shape[0] / 100), layout="constrained")
-    ax.imshow(image)
-    ax.set_axis_off()
+# Run at a small size
+# -------------------
+#
+# Its ``main`` with the arguments below (``OUT`` is a temporary folder); the figures are the PNGs it
+# wrote.
+from _gallery import run_example
+
+run_example("plot_training_curves.py", "--out-dir OUT --clients 6 --per-round 3 --rounds 6 --every 3")
