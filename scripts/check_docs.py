@@ -11,7 +11,9 @@ Checks, over every ``.html`` file of the build:
   to an existing file, and a ``#fragment`` to an element ``id`` (or ``name``) of the target page;
 - every ``<img>`` is a non-empty file whose bytes start like the image its suffix names;
 - every public name of the modules the API reference covers (the ``.. public-names::`` lines of
-  ``docs/api/*.rst``) has its anchor (``id="pfedest.x.name"``) in the built API pages.
+  ``docs/api/*.rst``) has its anchor in the built API pages: ``id="pfedest.x.name"``, or the anchor
+  at its home for a name several of them export (``docs/_ext/pfedest_api.py``);
+- every page of the example gallery shows the whole code of the ``examples/`` script it runs.
 
 External links (``http:``, ``https:``, ``mailto:``...) are not fetched: the check works offline.
 With ``--screenshot DIR`` and a Chromium binary on the machine (``/usr/bin/chromium``,
@@ -23,6 +25,7 @@ Exits 1 and lists the problems when any check fails.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -103,29 +106,93 @@ def image_problems(path: Path) -> list[str]:
     return []
 
 
+def _api_extension(docs: Path = DOCS):
+    """The docs' ``pfedest_api`` extension (public names, the modules documented, each name's home)."""
+    ext = str(docs / "_ext")
+    if ext not in sys.path:
+        sys.path.insert(0, ext)
+    import pfedest_api
+
+    return pfedest_api
+
+
 def api_modules(docs: Path = DOCS) -> list[str]:
     """Modules named by ``.. public-names::`` in the API reference sources."""
-    modules = []
-    for rst in sorted((docs / "api").glob("*.rst")):
-        for line in rst.read_text(encoding="utf-8").splitlines():
-            if line.startswith(".. public-names::"):
-                modules.append(line.split("::", 1)[1].strip())
-    return modules
+    return _api_extension(docs).api_modules(docs)
 
 
 def check_api(build: Path, docs: Path = DOCS) -> list[str]:
-    """Public names without an anchor in the built API pages."""
-    sys.path.insert(0, str(docs / "_ext"))
-    from pfedest_api import public_names
+    """Public names without an anchor in the built API pages.
 
+    A name several documented modules export has its entry on its home's page only
+    (``pfedest.HeadSplit`` at ``id="pfedest.nn.splits.HeadSplit"``; see ``docs/_ext/pfedest_api.py``).
+    """
     anchors = set()
     for path in (build / "api").glob("*.html"):
         anchors |= parse(path).anchors
-    modules = api_modules(docs)
-    if not modules:
+    if not api_modules(docs):
         return [f"no '.. public-names::' module in {docs / 'api'}"]
-    return [f"API reference: no entry for {module}.{name}" for module in modules for name in public_names(module)
-            if f"{module}.{name}" not in anchors]
+    homes = _api_extension(docs).homes(docs)
+    problems = []
+    for (module, name), home in homes.items():
+        if f"{home}.{name}" not in anchors:
+            where = "" if home == module else f" (documented at its home, {home})"
+            problems.append(f"API reference: no entry for {module}.{name}{where}")
+    return problems
+
+
+def _pre_texts(path: Path) -> list[str]:
+    """The text of every ``<pre>`` block of a page (code, with the highlighting markup removed)."""
+
+    class Pre(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.depth, self.blocks = 0, []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "pre":
+                self.depth += 1
+                self.blocks.append("")
+
+        def handle_endtag(self, tag):
+            if tag == "pre" and self.depth:
+                self.depth -= 1
+
+        def handle_data(self, data):
+            if self.depth:
+                self.blocks[-1] += data
+
+    parser = Pre()
+    parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+    return parser.blocks
+
+
+RUNS_EXAMPLE = re.compile(r"""run_example\(\s*["']([\w.-]+\.py)["']""")
+
+
+def check_gallery(build: Path, docs: Path = DOCS) -> list[str]:
+    """Gallery pages that do not show, whole, the code of the example script they run.
+
+    A wrapper ``docs/gallery_examples/plot_x.py`` names its script in ``run_example("name.py", ...)``;
+    its page ``auto_examples/plot_x.html`` must hold the text of ``examples/name.py`` in a code block.
+    """
+    problems = []
+    for wrapper in sorted((docs / "gallery_examples").glob("plot_*.py")):
+        page = build / "auto_examples" / f"{wrapper.stem}.html"
+        found = RUNS_EXAMPLE.search(wrapper.read_text(encoding="utf-8"))
+        if found is None:
+            problems.append(f"gallery: {wrapper.name} names no script in run_example(\"name.py\", ...)")
+            continue
+        script = docs.parent / "examples" / found.group(1)
+        if not script.is_file():
+            problems.append(f"gallery: {wrapper.name} runs {script}, which does not exist")
+        elif not page.is_file():
+            problems.append(f"gallery: no page {page} for {wrapper.name}")
+        else:
+            source = script.read_text(encoding="utf-8").strip()
+            if not any(source in text for text in _pre_texts(page)):
+                problems.append(f"gallery: {page.name} does not show the code of examples/{script.name}")
+    return problems
 
 
 def docstring_gaps(docs: Path = DOCS) -> list[str]:
@@ -139,9 +206,7 @@ def docstring_gaps(docs: Path = DOCS) -> list[str]:
 
     from numpydoc.docscrape import ClassDoc, FunctionDoc
 
-    sys.path.insert(0, str(docs / "_ext"))
-    from pfedest_api import public_names
-
+    public_names = _api_extension(docs).public_names
     gaps = []
     for module_name in api_modules(docs):
         module = importlib.import_module(module_name)
@@ -191,6 +256,8 @@ def main(argv=None) -> int:
                         help="also list public names whose docstring lacks Parameters/Returns/Examples "
                              "(informational: does not change the exit status)")
     parser.add_argument("--no-api", action="store_true", help="skip the check of the API reference's names")
+    parser.add_argument("--no-gallery", action="store_true",
+                        help="skip the check that each gallery page shows its example's code")
     args = parser.parse_args(argv)
     if not (args.build / "index.html").is_file():
         print(f"{args.build} has no index.html: build the docs first", file=sys.stderr)
@@ -198,6 +265,8 @@ def main(argv=None) -> int:
     problems = check_links(args.build)
     if not args.no_api:
         problems += check_api(args.build, args.docs)
+    if not args.no_gallery and (args.build / "auto_examples").is_dir():
+        problems += check_gallery(args.build, args.docs)
     failed_shots = []
     if args.screenshot is not None:
         notes = screenshot(args.build, args.screenshot)
@@ -212,7 +281,7 @@ def main(argv=None) -> int:
     n_pages = sum(1 for _ in args.build.rglob("*.html"))
     for problem in problems + failed_shots:
         print(problem)
-    print(f"{n_pages} pages checked: {len(problems)} broken links, missing images or API entries"
+    print(f"{n_pages} pages checked: {len(problems)} broken links, missing images, API entries or example code"
           + (f", {len(failed_shots)} failed screenshots" if failed_shots else ""))
     return 1 if problems or failed_shots else 0
 

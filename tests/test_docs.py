@@ -76,11 +76,59 @@ def test_api_modules_and_public_names_cover_the_package():
     import pfedest.evaluation.report
 
     modules = checker.api_modules()
-    assert "pfedest" in modules and "pfedest.core.algorithms" in modules and "pfedest.core.engine" in modules
+    for layer in ("pfedest", "pfedest.estimator", "pfedest.callbacks", "pfedest.checkpoint", "pfedest.settings",
+                  "pfedest.validation", "pfedest.core.algorithms", "pfedest.core.rounds", "pfedest.core.engine",
+                  "pfedest.nn.modules", "pfedest.nn.splits", "pfedest.evaluation.report",
+                  "pfedest.evaluation.model_selection", "pfedest.evaluation.plotting", "pfedest.datasets"):
+        assert layer in modules, (layer, modules)
     assert set(public_names("pfedest")) == set(pfedest.__all__) - {"__version__"}
     assert public_names("pfedest.theory.rates") == list(pfedest.theory.rates.__all__)
     report_names = public_names("pfedest.evaluation.report")
     assert "client_report" in report_names and "_predict" not in report_names
+
+
+def test_a_name_several_modules_export_has_one_home_near_its_definition():
+    sys.path.insert(0, str(DOCS / "_ext"))
+    from pfedest_api import home_module, homes
+
+    modules = load_checker().api_modules()
+    assert home_module("pfedest", "HeadSplit", modules) == "pfedest.nn.splits"
+    assert home_module("pfedest", "PartialPersonalizedClassifier", modules) == "pfedest.estimator"
+    assert home_module("pfedest", "EarlyStopping", modules) == "pfedest.callbacks"
+    assert home_module("pfedest.nn.splits", "HeadSplit", modules) == "pfedest.nn.splits"
+    # every top-level name is documented in full on the page of its own module, none on the front page
+    assert {home for (module, _), home in homes(DOCS).items() if module == "pfedest"}.isdisjoint({"pfedest"})
+
+
+def write_gallery(root: Path, shown: bool) -> tuple[Path, Path]:
+    """A docs folder with one gallery wrapper, its example script, and a built page (code shown or not)."""
+    docs, build = root / "docs", root / "html"
+    (docs / "gallery_examples").mkdir(parents=True)
+    (root / "examples").mkdir()
+    (build / "auto_examples").mkdir(parents=True)
+    (build / "index.html").write_text("<p>home</p>")
+    (docs / "gallery_examples" / "plot_a.py").write_text('from _gallery import run_example\nrun_example("a.py", "")\n')
+    (root / "examples" / "a.py").write_text('def main(argv=None):\n    print("a < b")\n')
+    code = '<span class="k">def</span> main(argv=None):\n    print(&quot;a &lt; b&quot;)\n' if shown else "main()"
+    (build / "auto_examples" / "plot_a.html").write_text(f'<div class="highlight"><pre>{code}</pre></div>')
+    return docs, build
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_checker_wants_each_gallery_page_to_show_its_example_code(tmp_path, shown):
+    checker = load_checker()
+    docs, build = write_gallery(tmp_path, shown)
+    problems = checker.check_gallery(build, docs)
+    assert problems == ([] if shown else ["gallery: plot_a.html does not show the code of examples/a.py"])
+    assert checker.main([str(build), "--docs", str(docs), "--no-api"]) == (0 if shown else 1)
+
+
+def test_every_gallery_wrapper_runs_an_example_through_the_helper():
+    checker = load_checker()
+    for wrapper in (DOCS / "gallery_examples").glob("plot_*.py"):
+        found = checker.RUNS_EXAMPLE.search(wrapper.read_text())
+        assert found and (ROOT / "examples" / found.group(1)).is_file(), wrapper.name
+        assert f".. literalinclude:: /../examples/{found.group(1)}" in wrapper.read_text(), wrapper.name
 
 
 def copy_docs(dest: Path) -> Path:
