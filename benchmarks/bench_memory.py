@@ -7,7 +7,7 @@ stacked tensors; rounds process the sampled clients in chunks sized from free me
 
 Examples
 --------
-    python benchmarks/bench_memory.py                 # the table below, CPU
+    python benchmarks/bench_memory.py                 # CPU; measured figures: docs/guide/gpu.rst
     python benchmarks/bench_memory.py --clients 2000  # smaller
 """
 

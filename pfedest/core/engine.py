@@ -70,10 +70,7 @@ def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params
         return engine
     if blockers:
         return "loop"
-    # On CPUs batching stops paying off once the arithmetic dominates. Measured on 2 cores, 1 and 2
-    # threads: with the estimator (20 clients a round, MLPs on 160 inputs) vmap was 1.2-1.6x faster
-    # than the loop at 108k parameters, 0.99-1.09x at 348k, 0.68-0.88x at 1.2M; with 100 clients a
-    # round (bench_engine.py) 1.5x at 300k. On GPUs it always pays.
+    # On CPUs batching stops paying once the arithmetic dominates (docs/guide/gpu.rst, "Measured defaults").
     if device.type == "cpu" and n_params > CPU_VMAP_MAX_PARAMS:
         return "loop"
     return "vmap"
@@ -146,8 +143,8 @@ class VmapEngine:
     batched at the first step that trains them. Updating in place, not allocating new parameters
     each step, matters on CPUs: a 100-client chunk of a 51k-parameter model is 20 MB a copy, and
     fresh memory of that size costs page faults on every step. With ``compile=True`` the batched
-    gradient of each distinct step is compiled once with ``torch.compile`` (tens of seconds on a
-    CPU, worth it for long runs and on GPUs).
+    gradient of each distinct step is compiled once with ``torch.compile`` (a one-time cost,
+    :ref:`measured-defaults`; worth it for long runs and on GPUs).
 
     Parameters
     ----------
@@ -357,8 +354,7 @@ def bytes_per_client(module: nn.Module, example_row: torch.Tensor, batch_size: i
     return 4 * (4 * n_params + 3 * batch_size * activations)
 
 
-#: On CPUs a chunk of a few hundred MiB ran faster than one chunk of all clients (1000 clients of a
-#: 51k-parameter MLP: 1.31 s per round in chunks of 250, 1.77 s in one; benchmarks/bench_engine.py).
+#: On CPUs a chunk of a few hundred MiB runs faster than one chunk of all clients (:ref:`measured-defaults`).
 CPU_CHUNK_BYTES = 256 * 2**20
 
 

@@ -129,8 +129,8 @@ class ClientUniforms:
         per_epoch = _combine(self.keys[:, None], np.arange(n_epochs, dtype=np.uint64)[None, :])
         offsets = _GOLDEN * np.arange(1, width + 1, dtype=np.uint64)  # word j is _combine(per_epoch, j)
         out = np.empty(shape, dtype=np.float64)
-        # Blocks of clients small enough to stay in cache, mixed in place: the hash is ~10 passes
-        # over the words, and large temporaries made it 5-30 times slower.
+        # Blocks of clients that stay in cache, mixed in place: the hash makes ~10 passes over the
+        # words, and large temporaries are much slower (docs/guide/gpu.rst, "Measured defaults").
         block = max(1, _BLOCK_WORDS // max(1, n_epochs * width))
         for start in range(0, n, block):
             z = per_epoch[start:start + block, :, None] + offsets
