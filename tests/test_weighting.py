@@ -14,7 +14,7 @@ from pfedest.core.algorithms import ALGORITHMS, StepSizes
 from pfedest.datasets import make_shifted_clients
 from pfedest.core.engine import LoopEngine, make_engine
 from pfedest.core.rounds import run_round
-from pfedest.theory.problems import make_least_squares
+from pfedest.theory import make_least_squares
 from pfedest.core.sampling import sample_clients
 
 CPU = torch.device("cpu")
@@ -216,8 +216,8 @@ def test_flower_strategy_weighs_replies_as_configured(weighting, expected):
     ins = Message(content=RecordDict(), metadata=Metadata(
         run_id=7, message_id="m1", src_node_id=1, dst_node_id=101, reply_to_message_id="", group_id="",
         created_at=0.0, ttl=3600.0, message_type="train"))
-    replies = [Message(RecordDict({"arrays": pf._to_record({"w": w}),
+    replies = [Message(RecordDict({"arrays": pf.to_record({"w": w}),
                                    "metrics": MetricRecord({"num-examples": n, "partition-id": pid})}), reply_to=ins)
                for w, n, pid in [(torch.tensor([1.0, 2.0]), 1, 0), (torch.tensor([5.0, 6.0]), 3, 1)]]
     arrays, _ = strategy.aggregate_train(1, replies)
-    torch.testing.assert_close(pf._to_tensors(arrays)["w"], torch.tensor(expected))
+    torch.testing.assert_close(pf.to_tensors(arrays)["w"], torch.tensor(expected))

@@ -1,0 +1,380 @@
+"""``model.json``: what every node and the server need to know about the model.
+
+:func:`write_model` writes it from an estimator, fitted (the app continues from its parameters) or
+only configured (the app starts from its initial weights); :func:`read_model` reads it back into a
+:class:`ModelSpec`. It holds the estimator's parameters that the app carries out (the registry's
+``"flower:model"`` and ``"flower:run_config"`` settings, :mod:`pfedest.settings`): plain values as
+JSON, others (a module, a split object, a schedule) pickled; the labels, the shape of one row, and
+the starting shared and personal parameters. :func:`check_layout` refuses parameters of another
+layout than the model's, wherever they come from.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import inspect
+import json
+import pickle
+import uuid
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+import torch
+
+from ..core.types import Params
+from ..settings import by_role, defaults as registry_defaults
+from .settings import schedule_fields
+
+__all__ = ["MODEL_FORMAT", "MODEL_FILE", "CARRIED", "SILENTLY_IGNORED", "write_model", "read_model", "ModelSpec",
+           "check_layout"]
+
+#: The ``format`` of a ``model.json``; :func:`read_model` refuses any other.
+MODEL_FORMAT = "pfedest-flower-model/1"
+#: The model file's name, in the app's package and in the result folder.
+MODEL_FILE = "model.json"
+#: The estimator parameters ``model.json`` holds: the network's, and those the run config carries out.
+CARRIED = by_role("flower:model") + by_role("flower:run_config")
+#: Parameters the app leaves alone without a warning: they do not change what a run computes.
+#: ``callbacks`` is left out although the registry files it under ``"ignored"``: the app runs none,
+#: and an ``EarlyStopping`` or a ``Checkpoint`` that silently does nothing deserves the warning.
+SILENTLY_IGNORED = tuple(name for name in by_role("flower:ignored") if name != "callbacks")
+
+
+def _encode_array(t: torch.Tensor) -> dict:
+    a = np.ascontiguousarray(t.detach().cpu().numpy())
+    return {"dtype": str(a.dtype), "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def _decode_array(d: Mapping) -> torch.Tensor:
+    a = np.frombuffer(base64.b64decode(d["data"]), dtype=np.dtype(d["dtype"])).reshape(d["shape"])
+    return torch.from_numpy(a.copy())
+
+
+def _plain(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (list, tuple)) and all(_plain(v) for v in value)
+
+
+def _defined_in_main(obj) -> bool:
+    owner = obj if inspect.isclass(obj) or inspect.isfunction(obj) else type(obj)
+    return getattr(owner, "__module__", None) == "__main__"
+
+
+def _encode_object(name: str, value) -> dict:
+    """A non-plain estimator parameter (a module, a split object, a callable) as a pickle.
+
+    The app's code runs on every node anyway; what matters is that the classes it names can be
+    imported there, which fails for anything defined in a script's ``__main__``.
+    """
+    if _defined_in_main(value):
+        raise ValueError(f"{name}={value!r} is defined in __main__, which the Flower nodes cannot import; "
+                         "define it in a module that is installed on every node.")
+    try:
+        data = pickle.dumps(value)
+    except Exception as exc:
+        raise ValueError(f"{name}={value!r} cannot be pickled into the Flower app: {exc}") from exc
+    return {"pickle": base64.b64encode(data).decode("ascii")}
+
+
+def _decode_object(d: Mapping):
+    return pickle.loads(base64.b64decode(d["pickle"]))
+
+
+def _defaults(cls) -> dict:
+    """Each parameter's default: the registry's; for a parameter it does not know (a subclass's), the signature's.
+
+    The registry's default is the value under which the estimator runs as the app does (no
+    pre-training, no callbacks), even where a subclass changes it."""
+    signature = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                 if p.default is not inspect.Parameter.empty}
+    return {**signature, **registry_defaults()}
+
+
+def write_model(estimator, path, *, classes=None, n_features=None) -> Path:
+    """Write what the Flower app needs to know about ``estimator`` to the JSON file ``path``.
+
+    Parameters
+    ----------
+    estimator : PartialPersonalizedClassifier
+        Fitted (the app starts from its shared parameters, the personal part from their average
+        over its clients) or only configured (the app starts from its initial weights).
+    path : str or Path
+        The file to write (``model.json`` inside the app's package).
+    classes : array-like, optional
+        The labels; required for an unfitted estimator.
+    n_features : int or tuple of int, optional
+        Features per row (or the shape of one row); required for an unfitted estimator.
+
+    Returns
+    -------
+    path : Path
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> est = PartialPersonalizedClassifier(hidden_layer_sizes=(4,), random_state=0)
+    >>> path = write_model(est, pathlib.Path(tempfile.mkdtemp()) / "model.json", classes=[0, 1], n_features=3)
+    >>> spec = read_model(path)
+    >>> sorted(spec.shared), sorted(spec.personal)
+    (['net.0.bias', 'net.0.weight'], ['net.2.bias', 'net.2.weight'])
+    """
+    from sklearn.utils.validation import check_is_fitted
+    from sklearn.exceptions import NotFittedError
+
+    try:
+        check_is_fitted(estimator)
+        fitted = True
+    except NotFittedError:
+        fitted = False
+    params = estimator.get_params(deep=False)
+    defaults = _defaults(type(estimator))
+    ignored = sorted(k for k, v in params.items()
+                     if k not in CARRIED + SILENTLY_IGNORED and not _same(v, defaults.get(k)))
+    if "lr_schedule" in params and schedule_fields(params["lr_schedule"]) is None:
+        ignored.append("lr_schedule")  # a callable of the user's: the nodes could not rebuild it
+        params.pop("lr_schedule")
+    if ignored:
+        warnings.warn(f"The Flower app does not carry out these estimator settings: "
+                      f"{', '.join(f'{k}={getattr(estimator, k)!r}' for k in sorted(ignored))}; it has no pre-training "
+                      "or fine-tuning stage, no callbacks, and only the learning-rate schedules of "
+                      "pfedest.core.schedules.SCHEDULES.", UserWarning, stacklevel=2)
+    if isinstance(params.get("random_state"), (np.random.RandomState, np.random.Generator)):
+        params["random_state"] = None  # the weights are stored; the seed only named them
+    plain, objects = {}, {}
+    for name in CARRIED:
+        if name not in params:
+            continue
+        value = params[name]
+        if _plain(value):
+            plain[name] = list(value) if isinstance(value, tuple) else value
+        else:
+            objects[name] = _encode_object(name, value)
+    if fitted:
+        if classes is not None and not np.array_equal(np.asarray(classes), estimator.classes_):
+            raise ValueError(f"classes={list(classes)!r} differ from the fitted estimator's classes_ "
+                             f"{estimator.classes_.tolist()!r}.")
+        classes = estimator.classes_
+        input_shape = tuple(estimator.input_shape_)
+        shared = {k: v.detach().cpu() for k, v in estimator.shared_params_.items()}
+        personal = {k: v.detach().cpu().mean(0) for k, v in estimator.personal_params_.items()}
+    else:
+        if classes is None or n_features is None:
+            raise ValueError("An unfitted estimator needs classes= (the labels) and n_features= (features per "
+                             "row, or the shape of one row) to build its network.")
+        input_shape = (int(n_features),) if np.isscalar(n_features) else tuple(int(d) for d in n_features)
+        template = _fit_template(type(estimator), plain, objects, np.asarray(classes), input_shape)
+        init = dict(template.module_.named_parameters())
+        shared = {k: init[k].detach().clone() for k in template.shared_params_}
+        personal = {k: init[k].detach().clone() for k in template.personal_params_}
+    classes = np.asarray(classes)
+    if classes.dtype.kind == "O" and all(isinstance(label, str) for label in classes.tolist()):
+        classes = classes.astype(str)
+    if classes.dtype.kind not in "iubfU":
+        raise ValueError(f"classes must be numbers or strings to travel in JSON, got dtype {classes.dtype}.")
+    spec = {
+        "format": MODEL_FORMAT,
+        "app_id": uuid.uuid4().hex[:12],
+        "estimator_class": f"{type(estimator).__module__}:{type(estimator).__qualname__}",
+        "estimator": plain,
+        "objects": objects,
+        "classes": classes.tolist(),
+        "input_shape": list(input_shape),
+        "shared": {k: _encode_array(v) for k, v in shared.items()},
+        "personal": {k: _encode_array(v) for k, v in personal.items()},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec, indent=1))
+    # Fail here, not on the nodes, if the network cannot be rebuilt as the weights describe it.
+    template = read_model(path).template()
+    check_layout("The shared parameters", shared, template.shared_params_)
+    check_layout("The personal parameters", personal, {k: v[0] for k, v in template.personal_params_.items()})
+    return path
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b) if not isinstance(a, np.ndarray) else False
+    except Exception:
+        return a is b
+
+
+def _import(path: str):
+    module, _, name = path.partition(":")
+    obj = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _fit_template(cls, plain: Mapping, objects: Mapping, classes: np.ndarray, input_shape: tuple):
+    """The estimator fitted for one round on one row per class: the public way to make it build its
+    network (``module_``, the shared/personal names) without running its training."""
+    arch = _decode_params(plain, objects, by_role("flower:model"))
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    est = cls(**{k: v for k, v in arch.items() if k in accepted})
+    est.set_params(n_rounds=1, clients_per_round=1, engine="loop", device="cpu", verbose=0, warm_start=False)
+    X = np.zeros((len(classes), *input_shape), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, classes)
+    return est
+
+
+@dataclass
+class ModelSpec:
+    """The contents of a ``model.json`` (see :func:`write_model`).
+
+    Parameters
+    ----------
+    app_id : str
+        Identifies the model (names the nodes' state files).
+    estimator_class : str
+        Import path of the estimator class.
+    estimator : dict
+        The estimator's JSON-able parameters.
+    objects : dict
+        Its other parameters (modules, splits), encoded.
+    classes : ndarray
+        The labels.
+    input_shape : tuple of int
+        The shape of one row.
+    shared, personal : dict of str to Tensor
+        The starting shared and personal parameters.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> est = PartialPersonalizedClassifier(hidden_layer_sizes=(4,), batch_size=5, random_state=0)
+    >>> spec = read_model(write_model(est, Path(tempfile.mkdtemp()) / "model.json",
+    ...                               classes=[0, 1], n_features=3))
+    >>> spec.classes.tolist(), spec.input_shape
+    ([0, 1], (3,))
+    >>> spec.estimator_params()["hidden_layer_sizes"]
+    (4,)
+    """
+
+    app_id: str
+    estimator_class: str
+    estimator: dict
+    objects: dict
+    classes: np.ndarray
+    input_shape: tuple
+    shared: Params
+    personal: Params
+
+    def template(self):
+        """A fitted estimator with this model's network (its weights are not the model's: use
+        :attr:`shared` and :attr:`personal`). Cached per file and process."""
+        return _template_cached(self.app_id, json.dumps([self.estimator, self.objects, self.classes.tolist(),
+                                                         list(self.input_shape), self.estimator_class]))
+
+    def estimator_params(self) -> dict:
+        """The estimator parameters stored in the model (objects unpickled)."""
+        return _decode_params(self.estimator, self.objects)
+
+
+def _decode_params(plain: Mapping, objects: Mapping, names: Optional[tuple] = None) -> dict:
+    """The estimator parameters of ``model.json`` (those in ``names`` only, if given), objects unpickled."""
+    params = {k: v for k, v in plain.items() if names is None or k in names}
+    params.update({k: _decode_object(v) for k, v in objects.items() if names is None or k in names})
+    if "hidden_layer_sizes" in params:
+        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+    return params
+
+
+@lru_cache(maxsize=8)
+def _template_cached(app_id: str, key: str):
+    estimator, objects, classes, input_shape, cls_path = json.loads(key)
+    template = _fit_template(_import(cls_path), estimator, objects, np.asarray(classes), tuple(input_shape))
+    return template
+
+
+def read_model(path) -> ModelSpec:
+    """Read a ``model.json`` written by :func:`write_model`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``model.json`` file.
+
+    Returns
+    -------
+    ModelSpec
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no file at ``path``.
+    ValueError
+        If the file is not a pfedest Flower model.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> est = PartialPersonalizedClassifier(hidden_layer_sizes=(4,), batch_size=5, random_state=0)
+    >>> spec = read_model(write_model(est, Path(tempfile.mkdtemp()) / "model.json",
+    ...                               classes=[0, 1], n_features=3))
+    >>> sorted(spec.personal)
+    ['net.2.bias', 'net.2.weight']
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No Flower model file at {path}; write one with pfedest.flower.write_model "
+                                "or export_app.")
+    raw = json.loads(path.read_text())
+    if raw.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a pfedest Flower model (format {raw.get('format')!r}, expected "
+                         f"{MODEL_FORMAT!r}).")
+    return ModelSpec(
+        app_id=raw["app_id"], estimator_class=raw["estimator_class"], estimator=raw["estimator"],
+        objects=raw["objects"], classes=np.asarray(raw["classes"]), input_shape=tuple(raw["input_shape"]),
+        shared={k: _decode_array(v) for k, v in raw["shared"].items()},
+        personal={k: _decode_array(v) for k, v in raw["personal"].items()})
+
+
+def check_layout(name: str, params: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
+    """Refuse parameters whose names or shapes differ from the model's.
+
+    Parameters
+    ----------
+    name : str
+        What the parameters are, for the message (``"The shared parameters from the server"``).
+    params, expected : dict of str to Tensor
+        The parameters, and the model's of the same part.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ValueError
+        Naming the missing and unexpected names, or the first array of another shape.
+
+    Examples
+    --------
+    >>> check_layout("The shared parameters", {"w": torch.zeros(2)}, {"w": torch.zeros(3)})
+    Traceback (most recent call last):
+    ...
+    ValueError: The shared parameters: w has shape (2,), the model has (3,).
+    """
+    if set(params) != set(expected):
+        missing, extra = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
+        raise ValueError(f"{name} do not match the model: missing {missing}, unexpected {extra}.")
+    for k, v in params.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise ValueError(f"{name}: {k} has shape {tuple(v.shape)}, the model has {tuple(expected[k].shape)}.")
+
+

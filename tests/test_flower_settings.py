@@ -1,0 +1,67 @@
+"""pfedest.flower.settings: the run config, checked, and its mapping to the estimator's parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pfedest.core.schedules import LinearLR, StepLR, make_schedule
+from pfedest.flower import RunSettings, run_config_for
+from test_flower import small_estimator
+
+
+def test_run_settings_read_the_run_config_and_name_bad_values():
+    s = RunSettings.from_config({"num-rounds": 4, "algorithm": "fedalt", "personal-steps": 2, "shared-steps": -1,
+                                 "lr": 0.5, "personal-lr": 0.0, "unrelated-key": "kept out"})
+    assert s.steps() == {"personal": 2, "shared": None}
+    assert s.step_sizes().personal == 0.5
+    assert RunSettings.from_config({"clients-per-round": 0.5}).n_sampled(5) == 2
+    assert RunSettings.from_config({"clients-per-round": 10}).n_sampled(3) == 3
+    for key, value in [("algorithm", "fedprox"), ("lr", 0.0), ("num-rounds", 0), ("clients-per-round", 1.5),
+                       ("personal-steps", -2), ("evaluate-every", -3), ("seed", -1)]:
+        with pytest.raises(ValueError, match=key):
+            RunSettings.from_config({key: value})
+
+
+@pytest.mark.parametrize("key, value", [
+    ("clip-grad-norm", -1.0), ("clip-grad-norm", "1.0"), ("personal-l2", float("nan")), ("personal-l2", True),
+    ("personal-l2-target", "start"), ("lr-schedule", "cosine"), ("lr-warmup-rounds", -1),
+    ("lr-warmup-rounds", 1.5), ("lr-final", -0.5), ("lr-step-rounds", 0), ("lr-gamma", 0.0),
+    ("server-optimizer", "adagrad"), ("server-momentum", 1.0), ("server-momentum", -0.1)])
+def test_run_settings_refuse_bad_training_options_naming_the_key(key, value):
+    with pytest.raises(ValueError, match=f"Run config {key}={value!r} is invalid"):
+        RunSettings.from_config({key: value})
+
+
+def test_example_apps_run_config_has_every_setting():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    from dataclasses import fields
+
+    path = Path(__file__).parents[1] / "examples" / "flower_app" / "pyproject.toml"
+    config = tomllib.loads(path.read_text())["tool"]["flwr"]["app"]["config"]
+    assert sorted(config) == sorted(f.name.replace("_", "-") for f in fields(RunSettings))
+    RunSettings.from_config(config)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "step", LinearLR(warmup_rounds=2, final=0.1),
+                                      StepLR(step_rounds=2, gamma=0.3)])
+def test_run_config_carries_the_learning_rate_schedule(schedule):
+    n_rounds = 12  # past StepLR's default step_rounds=10
+    settings = RunSettings.from_config(run_config_for(small_estimator(lr_schedule=schedule, n_rounds=n_rounds)))
+    expected = make_schedule(schedule)
+    got = [settings.step_sizes(server_round=r + 1) for r in range(n_rounds)]
+    assert [(s.shared, s.personal) for s in got] == [(0.2 * expected(r, n_rounds),) * 2 for r in range(n_rounds)]
+    with pytest.raises(ValueError, match="no local step"):
+        RunSettings.from_config({"personal-steps": 0, "shared-steps": 0})
+
+
+def test_run_config_follows_the_estimator():
+    cfg = run_config_for(small_estimator(algorithm="fedsim", personal_lr=0.05, n_rounds=9), seed=3)
+    assert (cfg["algorithm"], cfg["num-rounds"], cfg["personal-lr"], cfg["shared-steps"], cfg["seed"]) == \
+        ("fedsim", 9, 0.05, 5, 3)
+    with pytest.raises(ValueError, match="Unknown run config key"):
+        run_config_for(small_estimator(), rounds=3)
