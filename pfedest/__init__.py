@@ -1,6 +1,6 @@
 """pfedest: federated learning with partial model personalization behind a scikit-learn estimator."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import _moved  # noqa: E402
 

@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import copy
-from numbers import Integral, Real
+import warnings
+from functools import partial
+from numbers import Integral
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
-from sklearn.preprocessing import LabelEncoder
-from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
-from torch import nn
 
-from .callbacks import Checkpoint
+from .callbacks.base import callback_params, named_callbacks, set_callback_params
+from .callbacks.training import Checkpoint
 from .core.devices import resolve_device, to_device
-from .core.engine import ENGINES, bytes_per_client, choose_engine
-from .history import History
+from .core.engine import choose_engine
 from .core.model import personalized_logits
-from .nn.modules import default_module
-from .core.schedules import SCHEDULES
-from .training import client_data, run_plan
-from .nn.splits import NAMED_SPLITS, make_split
+from .core.server import ServerOptimizer, make_server_optimizer
+from .fit_state import ClientData, FitState, estimator_state, load_estimator_state, seeds
+from .history import History
+from .nn.modules import build_module
+from .nn.splits import make_split
+from .settings import parameter_constraints
+from .training import run_plan
+from .validation import check_client_ids, check_row_shape, encode_labels
 
 
 class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
@@ -90,11 +92,15 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
     finetune_epochs : int, default=0
         After the last round, epochs of local training of the personal part on every client, the
         shared part frozen (``stage="finetune"``).
-    server_optimizer : {"sgd", "adam"}, default="sgd"
+    server_optimizer : {"sgd", "adam"} or ServerOptimizer, default="sgd"
         How the server applies the averaged pseudo-gradient ``u - mean(u_i)``: SGD (with
-        ``server_lr=1`` and no momentum, plain averaging) or Adam (FedAdam; try ``server_lr=1e-3``).
+        ``server_lr=1`` and no momentum, plain averaging) or Adam (FedAdam; try ``server_lr=1e-3``),
+        by name with ``server_lr``, or a :class:`~pfedest.core.server.ServerOptimizer` with its own
+        settings (``ServerOptimizer("sgd", lr=1.0, momentum=0.9)`` is FedAvgM), searchable as
+        ``server_optimizer__lr``.
     server_momentum : float in [0, 1), default=0.0
-        Server momentum of ``"sgd"`` (FedAvgM).
+        Deprecated: server momentum of ``"sgd"``; pass
+        ``server_optimizer=ServerOptimizer("sgd", momentum=...)`` instead.
     weighting : {"samples", "uniform"}, default="samples"
         How the server weighs each sampled client's shared parameters in the average: by its row
         count, or equally. ``"uniform"`` matches the paper's analysis, whose objective
@@ -112,9 +118,10 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         L2 penalty ``personal_l2 / 2 * ||v - target||^2`` on the personal part.
     personal_l2_target : {"zero", "init"}, default="zero"
         Pull the personal part towards zero or towards its value at the start of personalization.
-    callbacks : list of Callback or None, default=None
+    callbacks : list of Callback or (name, Callback) or None, default=None
         Hooks run at the start and end of training and of each round (:mod:`pfedest.callbacks`:
-        ``EvaluateClients``, ``EarlyStopping``, ``Checkpoint``); cloned at each ``fit``.
+        ``EvaluateClients``, ``EarlyStopping``, ``Checkpoint``); cloned at each ``fit``. Each is
+        addressed by its name, given or its class's in lower case (``callbacks__earlystopping__patience``).
     warm_start : bool, default=False
         Continue from the fitted state for ``n_rounds`` more rounds instead of starting over.
     verbose : int, default=0
@@ -151,6 +158,10 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
     stop_reason_ : str or None
         Why the last ``fit`` stopped a stage early (a callback's request), or ``None``.
 
+    See Also
+    --------
+    pfedest.settings : every parameter, its default and what it changes, in one registry.
+
     Examples
     --------
     >>> from pfedest import PartialPersonalizedClassifier
@@ -166,39 +177,8 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
     __metadata_request__predict_proba = {"client_ids": True}
     __metadata_request__score = {"client_ids": True}
 
-    _parameter_constraints: dict = {
-        "module": [None, nn.Module, callable],
-        "split": [StrOptions(set(NAMED_SPLITS)), list, tuple, callable, HasMethods(["resolve"])],
-        "algorithm": [StrOptions({"fedalt", "fedsim"})],
-        "n_rounds": [Interval(Integral, 1, None, closed="left")],
-        "clients_per_round": [Interval(Integral, 1, None, closed="left"),
-                              Interval(Real, 0, 1, closed="right")],
-        "personal_steps": [None, Interval(Integral, 0, None, closed="left")],
-        "shared_steps": [None, Interval(Integral, 0, None, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "personal_lr": [None, Interval(Real, 0, None, closed="neither")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "server_lr": [Interval(Real, 0, None, closed="neither")],
-        "hidden_layer_sizes": [tuple, list],
-        "engine": [StrOptions(set(ENGINES))],
-        "max_clients_per_batch": [None, Interval(Integral, 1, None, closed="left")],
-        "compile": ["boolean"],
-        "device": [str, torch.device],
-        "unseen_clients": [StrOptions({"error", "average"})],
-        "pretrain_rounds": [Interval(Integral, 0, None, closed="left")],
-        "finetune_epochs": [Interval(Integral, 0, None, closed="left")],
-        "server_optimizer": [StrOptions({"sgd", "adam"})],
-        "server_momentum": [Interval(Real, 0, 1, closed="left")],
-        "weighting": [StrOptions({"samples", "uniform"})],
-        "lr_schedule": [StrOptions(set(SCHEDULES)), callable],
-        "clip_grad_norm": [None, Interval(Real, 0, None, closed="neither")],
-        "personal_l2": [Interval(Real, 0, None, closed="left")],
-        "personal_l2_target": [StrOptions({"zero", "init"})],
-        "callbacks": [None, list, tuple],
-        "warm_start": ["boolean"],
-        "verbose": ["verbose"],
-        "random_state": ["random_state"],
-    }
+    #: The accepted values of every parameter, from the one registry of them (:mod:`pfedest.settings`).
+    _parameter_constraints: dict = parameter_constraints()
 
     def __init__(self, module=None, *, split="head", algorithm="fedalt", n_rounds=50, clients_per_round=10,
                  personal_steps=None, shared_steps=None, lr=0.1, personal_lr=None, batch_size=32,
@@ -256,36 +236,103 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : PartialPersonalizedClassifier
         """
+        self._check_server_settings(stacklevel=3)  # the caller of fit, past _fit_context's wrapper
         resume = self.warm_start and hasattr(self, "shared_params_")
         X, y = validate_data(self, X, y, reset=not resume, allow_nd=True, dtype=[np.float32, np.float64])
         check_classification_targets(y)
+        client_ids = check_client_ids(client_ids, len(X), known=self.clients_ if resume else None)
         if resume:
-            self._check_input_shape(X)
-            codes = self._encode_labels(y)
+            check_row_shape(X, self.input_shape_, type(self).__name__)
         else:
-            encoder = LabelEncoder().fit(y)
-            if len(encoder.classes_) < 2:
-                raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes to learn; "
-                                 f"got 1 class: {encoder.classes_[0]!r}.")
-            self.classes_ = encoder.classes_
-            codes = encoder.transform(y)
-        client_ids = self._check_client_ids(client_ids, len(X), fresh=not resume)
-        if not resume:
-            self._initialize(X, np.unique(client_ids))
+            self._initialize(X, y, client_ids)
+        codes = encode_labels(self.classes_, y)
         rows = self._rows_adding_new(client_ids)
         plan = ([["pretrain", self.pretrain_rounds]] if self.pretrain_rounds and not resume else []) \
             + [["train", self.n_rounds]] + ([["finetune", self.finetune_epochs]] if self.finetune_epochs else [])
-        callbacks = [clone(cb) for cb in (self.callbacks or [])]
+        callbacks = [clone(cb) for _, cb in named_callbacks(self.callbacks)]
         # Checkpoint after every other callback, run_last ones too: it saves their state of the round
         self.callbacks_ = sorted(callbacks, key=lambda cb: (bool(getattr(cb, "run_last", False)),
                                                             isinstance(cb, Checkpoint)))
-        run_plan(self, plan, client_data(self, X, codes, rows), self.callbacks_)
+        self._train(plan, X, codes, rows, self.callbacks_)
+        return self
+
+    def initialize(self, X, y, client_ids=None):
+        """Build the network and the starting state for this data, without training.
+
+        Sets every fitted attribute (``classes_``, ``clients_``, ``module_``, ``shared_params_``,
+        ``personal_params_``, ...) as ``fit`` does before its first round; a ``fit`` with
+        ``warm_start=True`` then trains from here. Only the shape of ``X``, the labels and the
+        client ids are read.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *shape)``
+        y : array-like of shape (n_samples,)
+            Labels: every class the model will know.
+        client_ids : array-like of shape (n_samples,), default=None
+            The clients the model will know.
+
+        Returns
+        -------
+        self : PartialPersonalizedClassifier
+
+        Examples
+        --------
+        >>> est = PartialPersonalizedClassifier(hidden_layer_sizes=(4,)).initialize([[0.0, 1.0], [1.0, 0.0]], [0, 1])
+        >>> est.classes_.tolist(), sorted(est.personal_params_), len(est.history_)
+        ([0, 1], ['net.2.bias', 'net.2.weight'], 0)
+        """
+        self._validate_params()
+        self._check_server_settings(stacklevel=2)
+        X, y = validate_data(self, X, y, reset=True, allow_nd=True, dtype=[np.float32, np.float64])
+        check_classification_targets(y)
+        self._initialize(X, y, check_client_ids(client_ids, len(X)))
         return self
 
     def request_stop(self, reason: str) -> None:
         """Called by a callback: end the current stage after this round (later stages still run)."""
-        self.stop_reason_ = reason
-        self._stop_requested = True
+        self._fit.request_stop(reason)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue training: parameters, history, the fit's progress, callbacks' state.
+
+        Tensors (on the CPU) and a JSON string, loadable with ``torch.load(..., weights_only=True)``;
+        :class:`~pfedest.callbacks.Checkpoint` writes it. Available once the model is initialized,
+        during a fit and after it.
+
+        Returns
+        -------
+        dict
+        """
+        check_is_fitted(self)
+        return estimator_state(self, self._fit)
+
+    def load_state_dict(self, state: dict) -> "PartialPersonalizedClassifier":
+        """Continue from a :meth:`state_dict` of the same run, or refuse it.
+
+        The model must be initialized (or fitting) with the same network, classes, clients and
+        training settings, and, during a fit, the same plan, data and callbacks with state;
+        otherwise a :class:`~pfedest.checkpoint.CheckpointError` names what differs and nothing
+        changes.
+
+        Parameters
+        ----------
+        state : dict
+            A :meth:`state_dict`.
+
+        Returns
+        -------
+        self : PartialPersonalizedClassifier
+        """
+        check_is_fitted(self)
+        make_server = partial(make_server_optimizer, self.server_optimizer, self.server_lr, self.server_momentum)
+        shared, personal, history = load_estimator_state(self, self._fit, state, make_server)
+        self.shared_params_ = shared
+        for k, v in personal.items():
+            self.personal_params_[k].copy_(v)
+        self.history_ = history
+        self.stop_reason_ = self._fit.stop_reason
+        return self
 
     def personalize(self, X, y, client_ids, epochs=1):
         """Train the personal part of the given clients with the shared part frozen.
@@ -312,10 +359,10 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         if not self.personal_params_:
             raise ValueError("This model has no personal part (split='none'): there is nothing to personalize.")
         X, y = validate_data(self, X, y, reset=False, allow_nd=True, dtype=[np.float32, np.float64])
-        self._check_input_shape(X)
-        codes = self._encode_labels(y)
-        rows = self._rows_adding_new(self._check_client_ids(client_ids, len(X)))
-        run_plan(self, [["personalize", epochs]], client_data(self, X, codes, rows), callbacks=[])
+        check_row_shape(X, self.input_shape_, type(self).__name__)
+        codes = encode_labels(self.classes_, y)
+        rows = self._rows_adding_new(check_client_ids(client_ids, len(X), known=self.clients_))
+        self._train([["personalize", epochs]], X, codes, rows, callbacks=[])
         return self
 
     # -------------------------------------------------------------- predict
@@ -389,43 +436,56 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         return client_report(self, X, y, client_ids, baseline=baseline)
 
     # ------------------------------------------------------------ internals
-    def _check_input_shape(self, X):
-        if X.shape[1:] != self.input_shape_:
-            raise ValueError(f"X has rows of shape {X.shape[1:]}, but {type(self).__name__} was fitted on "
-                             f"rows of shape {self.input_shape_}.")
+    def _train(self, plan, X, codes, rows, callbacks) -> None:
+        data = ClientData.from_rows(X, codes, rows, len(self.clients_), self.device_)
+        try:
+            run_plan(self, self._fit, plan, data, callbacks)
+        finally:
+            self.stop_reason_ = self._fit.stop_reason
 
-    def _encode_labels(self, y):
-        unknown = np.setdiff1d(np.unique(y), self.classes_)
-        if len(unknown):
-            raise ValueError(f"y holds labels unseen when the model was fitted: {unknown.tolist()}; "
-                             f"known labels: {self.classes_.tolist()}.")
-        return np.searchsorted(self.classes_, y)
+    def _check_server_settings(self, stacklevel: int) -> None:
+        if self.server_momentum:
+            warnings.warn("server_momentum is deprecated: pass server_optimizer=ServerOptimizer('sgd', lr=..., "
+                          f"momentum={self.server_momentum}) instead.", FutureWarning, stacklevel=stacklevel + 1)
+        if isinstance(self.server_optimizer, ServerOptimizer) and (self.server_lr != 1.0 or self.server_momentum):
+            raise ValueError("server_lr and server_momentum apply to a server_optimizer given by name; with a "
+                             f"ServerOptimizer object ({self.server_optimizer!r}) set lr and momentum on it.")
 
-    def _check_client_ids(self, client_ids, n_samples, fresh=False):
-        """Client ids as an array; ``None`` means the model's one client (or client 0 on a fresh fit)."""
-        known = None if fresh else getattr(self, "clients_", None)
-        if client_ids is None:
-            if known is not None and len(known) > 1:
-                raise ValueError(f"client_ids is required: this model was fitted on {len(known)} "
-                                 "clients and each row must say which one it belongs to.")
-            return np.full(n_samples, known[0] if known is not None else 0)
-        client_ids = np.asarray(client_ids)
-        if client_ids.ndim != 1 or len(client_ids) != n_samples:
-            raise ValueError(f"client_ids must be 1-D with one id per row of X ({n_samples} rows), got shape "
-                             f"{client_ids.shape}.")
-        if client_ids.dtype.kind == "f" and not np.all(np.isfinite(client_ids)):
-            raise ValueError("client_ids contains NaN or infinity.")
-        if client_ids.dtype.kind == "O":
+    def get_params(self, deep=True):
+        """The parameters; with ``deep``, also each callback's as ``callbacks__<name>__<param>``.
+
+        Parameters
+        ----------
+        deep : bool, default=True
+
+        Returns
+        -------
+        params : dict
+        """
+        params = super().get_params(deep=deep)
+        if deep:
             try:
-                np.unique(client_ids)
-            except TypeError as exc:
-                raise TypeError("client_ids mixes types that cannot be compared (e.g. str and int); "
-                                "use one type for all ids.") from exc
-        if known is not None and len(client_ids) and _id_kind(client_ids) != _id_kind(known):
-            # NumPy would compare "0" with 0 as different clients, or turn the known ids into text
-            raise TypeError(f"client_ids are {_id_kind(client_ids)}s ({client_ids[:3].tolist()} ...) but this model's "
-                            f"clients are {_id_kind(known)}s ({known[:3].tolist()} ...); pass ids of the same type.")
-        return client_ids
+                params.update(callback_params(self.callbacks, prefix="callbacks"))
+            except (TypeError, ValueError, AttributeError):
+                pass  # not a list of callbacks: fit's parameter validation says so
+        return params
+
+    def set_params(self, **params):
+        """Set parameters, a callback's by name (``callbacks__earlystopping__patience=3``) included.
+
+        Parameters
+        ----------
+        **params : dict
+
+        Returns
+        -------
+        self : PartialPersonalizedClassifier
+        """
+        mine = {k[len("callbacks__"):]: v for k, v in params.items() if k.startswith("callbacks__")}
+        super().set_params(**{k: v for k, v in params.items() if not k.startswith("callbacks__")})
+        if mine:
+            self.callbacks = set_callback_params(self.callbacks, mine)
+        return self
 
     def _client_rows(self, client_ids):
         """Row of the personal state for each id (-1 for unknown ids), and the unknown ids."""
@@ -448,40 +508,21 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
             start = v.mean(0, keepdim=True).expand(len(new_ids), *v.shape[1:])
             self.personal_params_[k] = torch.cat([v, start])
 
-    def _seed(self):
-        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-
-    def _draw_seed(self, drawn: int) -> int:
-        """The seed of the rounds' keyed draws (:class:`~pfedest.core.sampling.RoundKeys`): an int
-        ``random_state`` itself, so that it equals the Flower app's ``seed``; else ``drawn``."""
-        rs = self.random_state
-        if isinstance(rs, Integral) and not isinstance(rs, (bool, np.bool_)):
-            return int(rs)
-        return drawn
-
-    def _build_module(self, input_shape):
-        n_classes = len(self.classes_)
-        n_features = input_shape[0] if len(input_shape) == 1 else input_shape
-        if self.module is None:
-            module = default_module(input_shape, n_classes, self.hidden_layer_sizes)
-        elif isinstance(self.module, nn.Module):
-            module = copy.deepcopy(self.module)
-        else:
-            module = self.module(n_features, n_classes)
-            if not isinstance(module, nn.Module):
-                raise TypeError(f"module({n_features}, {n_classes}) returned {type(module).__name__}, "
-                                "not a torch.nn.Module.")
-        return module
-
-    def _initialize(self, X, clients):
-        seed = self._seed()
-        # kept for warm starts and checkpoints: a resumed fit draws exactly what the first one would
-        self._keyed_seed = self._draw_seed(seed)
+    def _initialize(self, X, y, client_ids):
+        """Labels, clients, network and a fresh fit state, from validated input."""
+        classes = np.unique(y)
+        if len(classes) < 2:
+            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes to learn; "
+                             f"got 1 class: {classes[0]!r}.")
+        self.classes_ = classes
+        clients = np.unique(client_ids)
+        seed, draw_seed = seeds(self.random_state)
         self.input_shape_ = X.shape[1:]
         self.device_ = resolve_device(self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            module, personal_names = make_split(self.split).resolve(self._build_module(self.input_shape_))
+            module, personal_names = make_split(self.split).resolve(build_module(self.module, self.input_shape_, len(self.classes_),
+                                                                 self.hidden_layer_sizes))
         with torch.no_grad():
             try:
                 out = module(torch.as_tensor(np.array(X[:1]), dtype=torch.float32))
@@ -500,18 +541,18 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         self.personal_fraction_ = n_personal / sum(p.numel() for p in params.values())
         self.clients_ = clients
         self.history_ = History()
-        self._personal_init = {n: params[n].clone() for n in personal_names}
-        self._servers = {}
+        self.stop_reason_ = None
+        # The fit state is kept for warm starts and checkpoints: a resumed fit draws exactly what
+        # the first one would, and personalization pulls towards the same anchor.
+        self._fit = FitState(seed=draw_seed, personal_init={n: params[n].clone() for n in personal_names})
         n_params = sum(p.numel() for p in params.values())
         self.engine_ = choose_engine(self.engine, self.module_, self.device_, n_params)
-        example = torch.as_tensor(np.array(X[:1]), dtype=torch.float32, device=self.device_)
-        self._bytes_per_client = bytes_per_client(self.module_, example, self.batch_size)
 
     def _logits(self, X, client_ids):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, allow_nd=True, dtype=[np.float32, np.float64])
-        self._check_input_shape(X)
-        rows, unseen = self._client_rows(self._check_client_ids(client_ids, len(X)))
+        check_row_shape(X, self.input_shape_, type(self).__name__)
+        rows, unseen = self._client_rows(check_client_ids(client_ids, len(X), known=self.clients_))
         personal = self.personal_params_
         if len(unseen):
             if self.unseen_clients == "error":
@@ -536,6 +577,8 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         for key in ("shared_params_", "personal_params_"):
             if key in state:
                 state[key] = to_device(state[key], cpu)
+        if "_fit" in state:
+            state["_fit"] = state["_fit"].to(cpu)
         if "device_" in state:
             state["device_"] = str(state["device_"])
         return state
@@ -548,22 +591,10 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
             self.module_ = self.module_.to(self.device_)
             self.shared_params_ = to_device(self.shared_params_, self.device_)
             self.personal_params_ = to_device(self.personal_params_, self.device_)
+            self._fit = self._fit.to(self.device_)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
 
-
-def _id_kind(ids: np.ndarray) -> str:
-    """``"number"`` or ``"string"`` (``"other"`` for anything else): the kind of client ids."""
-    if ids.dtype.kind in "iufb":
-        return "number"
-    if ids.dtype.kind in "US":
-        return "string"
-    values = ids.tolist()
-    if all(isinstance(v, str) for v in values):
-        return "string"
-    if all(isinstance(v, (int, float, np.number)) for v in values):
-        return "number"
-    return "other"

@@ -26,7 +26,7 @@ from torch import nn
 
 from .core.engine import ENGINES
 from .core.schedules import SCHEDULES
-from .core.server import SERVER_OPTIMIZERS
+from .core.server import SERVER_OPTIMIZERS, ServerOptimizer
 from .nn.splits import NAMED_SPLITS
 
 __all__ = ["Setting", "SETTINGS", "RESUME_CHECKED", "names", "defaults", "parameter_constraints", "by_role"]
@@ -89,7 +89,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("unseen_clients", "error", [StrOptions({"error", "average"})], "session", "ignored"),
     Setting("pretrain_rounds", 0, [_positive_int(0)], "plan", "unsupported"),
     Setting("finetune_epochs", 0, [_positive_int(0)], "plan", "unsupported"),
-    Setting("server_optimizer", "sgd", [StrOptions(set(SERVER_OPTIMIZERS))], "training", "run_config"),
+    Setting("server_optimizer", "sgd", [StrOptions(set(SERVER_OPTIMIZERS)), ServerOptimizer], "training",
+            "run_config"),
     Setting("server_momentum", 0.0, [Interval(Real, 0, 1, closed="left")], "training", "run_config"),
     Setting("weighting", "samples", [StrOptions({"samples", "uniform"})], "training", "run_config"),
     Setting("lr_schedule", "constant", [StrOptions(set(SCHEDULES)), callable], "training", "run_config"),

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pfedest import Callback, Checkpoint, EarlyStopping, EvaluateClients, PartialPersonalizedClassifier
-from pfedest.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from pfedest.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 
 from test_checkpoint import CrashAt  # raises at the end of a round, before Checkpoint (run last) saves it
 
@@ -170,36 +170,6 @@ def test_a_state_that_is_not_json_is_refused_when_saving(federated, tmp_path):
     assert list_checkpoints(tmp_path) == []
 
 
-def strip_callback_state(path):
-    """Rewrite the checkpoint at ``path`` as the format before callback state was saved."""
-    state = load_checkpoint(path)
-    meta = json.loads(state["meta"])
-    for key in ("callbacks", "stop_requested", "stop_reason"):
-        del meta[key]
-    save_checkpoint({**state, "meta": json.dumps(meta)}, path)
-
-
-def test_a_checkpoint_without_callback_state_still_resumes(federated, tmp_path):
-    X, y, c = federated
-    params = {**PARAMS, "n_rounds": 6}
-    reference = PartialPersonalizedClassifier(**params).fit(X, y, client_ids=c)
-    crashing = PartialPersonalizedClassifier(**params, callbacks=[Checkpoint(tmp_path, every=2), CrashAt(5)])
-    with pytest.raises(KeyboardInterrupt):
-        crashing.fit(X, y, client_ids=c)
-    strip_callback_state(list_checkpoints(tmp_path)[0])
-    resumed = PartialPersonalizedClassifier(**params, callbacks=[Checkpoint(tmp_path, every=2)])
-    resumed.fit(X, y, client_ids=c)
-    assert resumed.callbacks_[0].resumed_from_.endswith("round-000004.ckpt")
-    assert_same_fit(reference, resumed)
-    # with a callback that keeps state, it starts afresh and says so
-    strip_callback_state(list_checkpoints(tmp_path)[0])
-    stopping = PartialPersonalizedClassifier(**params, callbacks=[EarlyStopping(monitor="train_loss", mode="min"),
-                                                                  Checkpoint(tmp_path)])
-    with pytest.warns(UserWarning, match="no callback state.*EarlyStopping start afresh"):
-        stopping.fit(X, y, client_ids=c)
-    assert stopping.callbacks_[1].resumed_from_ is not None
-
-
 class FakeEstimator:
     def __init__(self):
         self.stops = []
@@ -277,14 +247,3 @@ def test_early_stopping_per_stage_resumes_across_the_stage_boundary(federated, t
     assert resumed.callbacks_[-1].resumed_from_.endswith(f"round-{crash - 1:06d}.ckpt")
     assert_same_fit(reference, resumed)
     assert resumed.callbacks_[1].state_dict() == reference.callbacks_[1].state_dict()
-
-
-def test_an_early_stopping_state_saved_without_its_stage_goes_on_in_the_next_records_stage():
-    stopper = EarlyStopping(monitor="score", patience=2)
-    stopper.on_train_begin(None)
-    stopper.load_state_dict({"monitor": "score", "mode": "max", "best": 1.0, "best_round": 3, "waited": 1})
-    est = FakeEstimator()
-    stopper.on_round_end(est, {"round": 5, "stage": "train", "score": 0.5})
-    assert (stopper.stage_, stopper.waited_, len(est.stops)) == ("train", 2, 1)
-    stopper.on_round_end(est, {"round": 6, "stage": "finetune", "score": 0.5})
-    assert (stopper.stage_, stopper.best_, stopper.best_round_, stopper.waited_) == ("finetune", 0.5, 6, 0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from pfedest.core import engine as engine_module
+from pfedest.core import rounds as rounds_module
 from pfedest.core.algorithms import ALGORITHMS, StepSizes
 from pfedest.core.engine import choose_engine, make_engine
 from pfedest.core.rounds import run_round
@@ -143,12 +143,12 @@ def test_unsampled_clients_keep_their_personal_part(engine):
 def test_aggregation_never_sees_personal_parameters(monkeypatch):
     seen = []
 
-    class Recording(engine_module.WeightedAverage):
+    class Recording(rounds_module.WeightedAverage):
         def add(self, client_shared, weights):
             seen.append({k: v.shape for k, v in client_shared.items()})
             super().add(client_shared, weights)
 
-    monkeypatch.setattr(engine_module, "WeightedAverage", Recording)
+    monkeypatch.setattr(rounds_module, "WeightedAverage", Recording)
     module, X, y, shared, personal, offsets = federation(HeadSplit())
     run_round(algorithm=ALGORITHMS["fedsim"], engine=make_engine("vmap", make_loss(module, {}, X, y), shared),
               shared=shared,

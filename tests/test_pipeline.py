@@ -9,6 +9,7 @@ from sklearn.base import clone
 
 from pfedest import Callback, EarlyStopping, EvaluateClients, PartialPersonalizedClassifier
 from pfedest.core.schedules import LinearLR, StepLR
+from pfedest.core.server import ServerOptimizer
 
 FAST = dict(n_rounds=3, clients_per_round=6, random_state=0)
 
@@ -52,7 +53,7 @@ def test_pretraining_leaves_adapters_at_the_identity(federated):
     trained = est.history_[-1, "clients"][0]
     untouched = [i for i, c in enumerate(est.clients_) if c != trained][0]
     for k, v in est.personal_params_.items():
-        assert torch.equal(v[untouched], est._personal_init[k])
+        assert torch.equal(v[untouched], est.state_dict()["personal_init"][k])
 
 
 def test_finetuning_moves_only_the_personal_part(federated):
@@ -65,11 +66,30 @@ def test_finetuning_moves_only_the_personal_part(federated):
 
 
 @pytest.mark.parametrize("params", [dict(server_optimizer="adam", server_lr=0.01),
-                                    dict(server_optimizer="sgd", server_momentum=0.9)])
+                                    dict(server_optimizer=ServerOptimizer("sgd", momentum=0.9))])
 def test_server_optimizers_change_the_trajectory(federated, params):
     plain, other = fit(federated), fit(federated, **params)
     assert all(np.isfinite(other.history_[:, "train_loss"]))
     assert any(not torch.allclose(plain.shared_params_[k], other.shared_params_[k]) for k in plain.shared_params_)
+
+
+def test_server_momentum_is_deprecated_for_a_server_optimizer_object(federated):
+    with pytest.warns(FutureWarning, match="server_momentum is deprecated"):
+        old = fit(federated, server_optimizer="sgd", server_momentum=0.9)
+    new = fit(federated, server_optimizer=ServerOptimizer("sgd", momentum=0.9))
+    for k in old.shared_params_:
+        assert torch.equal(old.shared_params_[k], new.shared_params_[k])
+
+
+def test_server_lr_beside_a_server_optimizer_object_is_refused(federated):
+    with pytest.raises(ValueError, match="set lr and momentum on it"):
+        fit(federated, server_optimizer=ServerOptimizer("adam", lr=0.01), server_lr=0.5)
+
+
+def test_a_server_optimizer_object_is_searchable_by_its_parameters():
+    est = PartialPersonalizedClassifier(server_optimizer=ServerOptimizer("adam"))
+    est.set_params(server_optimizer__lr=0.003)
+    assert est.get_params()["server_optimizer__lr"] == 0.003 and est.server_optimizer.kind == "adam"
 
 
 def test_lr_schedules_set_each_rounds_rate(federated):
@@ -95,7 +115,8 @@ def test_clipping_bounds_how_far_a_round_moves(federated):
 def test_personal_l2_towards_init_keeps_the_personal_part_close(federated):
     free = fit(federated, lr=0.3)
     held = fit(federated, lr=0.3, personal_l2=3.0, personal_l2_target="init")
-    distance = lambda est: sum(float((v - est._personal_init[k]).norm()) for k, v in est.personal_params_.items())
+    distance = lambda est: sum(float((v - est.state_dict()["personal_init"][k]).norm())  # noqa: E731
+                              for k, v in est.personal_params_.items())
     assert distance(held) < 0.7 * distance(free)
 
 

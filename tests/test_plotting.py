@@ -25,7 +25,7 @@ def _close_figures():
 def test_core_modules_import_matplotlib_only_inside_functions():
     """A static check (a fresh interpreter importing torch costs seconds): no module-level matplotlib import."""
     package = Path(__file__).resolve().parents[1] / "pfedest"
-    for name in ("plotting", "report", "model_selection", "datasets"):
+    for name in ("evaluation/plotting", "evaluation/report", "evaluation/model_selection", "datasets"):
         tree = ast.parse((package / f"{name}.py").read_text())
         top_level = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
         imported = [alias.name for node in top_level for alias in node.names] + \

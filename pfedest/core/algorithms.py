@@ -52,7 +52,14 @@ class StepSizes:
     personal: float
 
 
-def _sgd(params: Params, grads: Params, lr) -> Params:
+def sgd_update(params: Params, grads: Params, lr) -> Params:
+    """``p - lr * g`` for every parameter, as new tensors.
+
+    Examples
+    --------
+    >>> sgd_update({"w": torch.ones(2)}, {"w": torch.full((2,), 4.0)}, 0.25)["w"].tolist()
+    [0.0, 0.0]
+    """
     # One fused pass over the weights (p - lr * g would read and write them twice).
     return {k: torch.sub(p, grads[k], alpha=lr) for k, p in params.items()}
 
@@ -182,9 +189,9 @@ def sgd_step(loss: LossFn, shared: Params, personal: Params, idx: torch.Tensor, 
     grads, stats = sgd_gradients(loss, shared, personal, idx, mask, trained, clip=clip,
                                  personal_l2=personal_l2, personal_anchor=personal_anchor, autograd=True)
     if 0 in grads:
-        shared = _sgd(shared, grads[0], lr_shared)
+        shared = sgd_update(shared, grads[0], lr_shared)
     if 1 in grads:
-        personal = _sgd(personal, grads[1], lr_personal)
+        personal = sgd_update(personal, grads[1], lr_personal)
     return shared, personal, stats
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from .algorithms import Algorithm, Params, StepSizes, _sgd, sgd_gradients, sgd_step, trained_blocks
+from .algorithms import Algorithm, Params, StepSizes, sgd_gradients, sgd_step, sgd_update, trained_blocks
 
 ENGINES = ("auto", "loop", "vmap")
 
@@ -218,7 +218,7 @@ class VmapEngine:
             if batched:
                 _sgd_in_place(shared, grads[0], lr_shared)
             else:  # the first step on u: broadcasting against the gradients gives each client its copy
-                shared = _sgd(shared, grads[0], lr_shared)
+                shared = sgd_update(shared, grads[0], lr_shared)
         if 1 in grads:
             _sgd_in_place(personal, grads[1], lr_personal)
         return shared, personal, stats

@@ -88,7 +88,7 @@ def draw_batches(algorithm: Algorithm, rng, counts: np.ndarray, batch_size: int,
     >>> from pfedest.core.sampling import RoundKeys
     >>> batches = draw_batches(ALGORITHMS["fedsim"], RoundKeys(0, 1), np.array([4, 6]), 2, {"joint": None})
     >>> idx, mask = batches["joint"]
-    >>> idx.shape, mask.sum(axis=(1, 2)).tolist()  # one epoch each: 2 and 3 steps of 2 rows
+    >>> idx.shape, mask.sum(axis=(1, 2)).astype(int).tolist()  # one epoch each: 2 and 3 steps of 2 rows
     ((2, 3, 2), [4, 6])
     """
     counts = np.asarray(counts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
+from sklearn.base import BaseEstimator, clone
 
 from .types import Params
 
@@ -57,12 +58,14 @@ class WeightedAverage:
         return ServerOptimizer("sgd", lr=server_lr).step(shared, self.mean())
 
 
-class ServerOptimizer:
+class ServerOptimizer(BaseEstimator):
     """The server's update from the averaged pseudo-gradient ``g = u - mean(u_i)``.
 
     ``"sgd"`` with ``lr=1`` and no momentum is plain averaging (FedAvg); ``momentum`` gives server
     momentum (FedAvgM); ``"adam"`` is Adam on the pseudo-gradient (FedAdam), with bias correction as
-    in ``torch.optim.Adam``.
+    in ``torch.optim.Adam``. An estimator's ``server_optimizer`` takes one (its settings are then
+    searchable as ``server_optimizer__lr``); each fit trains a fresh clone, whose momentum or
+    moments the fit's checkpoints keep.
 
     Parameters
     ----------
@@ -87,7 +90,7 @@ class ServerOptimizer:
                  betas: tuple = (0.9, 0.999), eps: float = 1e-8):
         if kind not in SERVER_OPTIMIZERS:
             raise ValueError(f"Unknown server optimizer {kind!r}; expected 'sgd' or 'adam'.")
-        self.kind, self.lr, self.momentum, self.betas, self.eps = kind, lr, momentum, tuple(betas), eps
+        self.kind, self.lr, self.momentum, self.betas, self.eps = kind, lr, momentum, betas, eps
         self.state: Dict[str, torch.Tensor] = {}
         self.t = 0
 
@@ -117,5 +120,24 @@ class ServerOptimizer:
         return {"t": self.t, "state": dict(self.state)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`."""
         self.t = int(state["t"])
         self.state = dict(state["state"])
+
+
+def make_server_optimizer(spec, lr: float = 1.0, momentum: float = 0.0) -> ServerOptimizer:
+    """A fresh server optimizer from an estimator's ``server_optimizer``: a name (with ``lr`` and,
+    for ``"sgd"``, ``momentum``) or a :class:`ServerOptimizer` (cloned: its own settings, no state).
+
+    Examples
+    --------
+    >>> make_server_optimizer("adam", lr=0.01)
+    ServerOptimizer(kind='adam', lr=0.01)
+    >>> make_server_optimizer(ServerOptimizer("sgd", momentum=0.9))
+    ServerOptimizer(momentum=0.9)
+    """
+    if isinstance(spec, str):
+        return ServerOptimizer(spec, lr=lr, momentum=momentum)
+    if not isinstance(spec, ServerOptimizer):
+        raise TypeError(f"server_optimizer must be 'sgd', 'adam' or a ServerOptimizer, got {spec!r}.")
+    return clone(spec)

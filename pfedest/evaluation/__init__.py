@@ -7,7 +7,7 @@
 
 from .model_selection import ClientKFold, personal_fractions, train_test_split
 from .plotting import plot_client_change, plot_client_scatter, plot_grid_search
-from .report import ClientReport, client_accuracies, client_report, summarize
+from .report import ClientReport, client_accuracies, client_report, summarize, summary_statistics
 
-__all__ = ["client_report", "ClientReport", "client_accuracies", "summarize", "ClientKFold", "train_test_split",
+__all__ = ["client_report", "ClientReport", "client_accuracies", "summarize", "summary_statistics", "ClientKFold", "train_test_split",
            "personal_fractions", "plot_grid_search", "plot_client_change", "plot_client_scatter"]

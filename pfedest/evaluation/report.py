@@ -60,7 +60,7 @@ def summarize(counts, accuracy) -> dict:
     >>> summarize([10, 30], [0.5, 1.0])
     {'mean': 0.75, 'weighted_mean': 0.875, 'worst': 0.5}
     """
-    full = _summary_column(np.asarray(accuracy, dtype=float), np.asarray(counts, dtype=float))
+    full = summary_statistics(np.asarray(accuracy, dtype=float), np.asarray(counts, dtype=float))
     return {k: full[k] for k in ("mean", "weighted_mean", "worst")}
 
 
@@ -68,7 +68,15 @@ def summarize(counts, accuracy) -> dict:
 SUMMARY_ROWS = ("mean", "weighted_mean", "std", "10%", "50%", "90%", "worst")
 
 
-def _summary_column(values: np.ndarray, counts: np.ndarray) -> dict:
+def summary_statistics(values, counts) -> dict:
+    """Every summary row (:data:`SUMMARY_ROWS`) of per-client ``values`` weighted by row ``counts``.
+
+    Examples
+    --------
+    >>> summary_statistics([0.5, 1.0], [10, 30])["weighted_mean"]
+    0.875
+    """
+    values, counts = np.asarray(values, dtype=float), np.asarray(counts, dtype=float)
     q10, q50, q90 = np.quantile(values, [0.1, 0.5, 0.9])
     return {
         "mean": float(values.mean()),
@@ -263,7 +271,7 @@ def client_report(estimator, X, y, client_ids, baseline=None, *, as_frame: bool 
         raise ValueError("client_report needs at least one row to evaluate.")
     clients, counts, accuracy = client_accuracies(estimator, X, y, client_ids)
     columns = {"client": clients, "n_samples": counts, "accuracy": accuracy}
-    summary = {"accuracy": _summary_column(accuracy, counts)}
+    summary = {"accuracy": summary_statistics(accuracy, counts)}
     hurt: dict = {}
     if baseline is not None:
         _, inverse = np.unique(client_ids, return_inverse=True)
@@ -271,7 +279,7 @@ def client_report(estimator, X, y, client_ids, baseline=None, *, as_frame: bool 
         base = np.bincount(inverse, weights=correct, minlength=len(clients)) / counts
         change = accuracy - base
         columns.update(baseline_accuracy=base, change=change)
-        summary.update(baseline_accuracy=_summary_column(base, counts), change=_summary_column(change, counts))
+        summary.update(baseline_accuracy=summary_statistics(base, counts), change=summary_statistics(change, counts))
         worse = change < 0
         hurt = {
             "n_hurt": int(worse.sum()),

@@ -108,6 +108,31 @@ def default_module(input_shape: tuple[int, ...], n_classes: int, hidden_layer_si
     return MLP(n_features, n_classes, hidden_layer_sizes)
 
 
+def build_module(module, input_shape: tuple, n_classes: int, hidden_layer_sizes: Sequence[int]) -> nn.Module:
+    """The network an estimator's ``module`` parameter asks for, for rows of ``input_shape``.
+
+    ``None`` builds :func:`default_module`; a module instance is copied (its weights are the start);
+    a callable (a module class or a factory) is called as ``module(n_features, n_classes)``, where
+    ``n_features`` is an int for flat rows and the shape of one row otherwise.
+
+    Examples
+    --------
+    >>> build_module(None, (5,), 3, (4,))(torch.zeros(2, 5)).shape
+    torch.Size([2, 3])
+    >>> build_module(lambda n_features, n_classes: nn.Linear(n_features, n_classes), (5,), 3, ()).out_features
+    3
+    """
+    n_features = input_shape[0] if len(input_shape) == 1 else input_shape
+    if module is None:
+        return default_module(input_shape, n_classes, hidden_layer_sizes)
+    if isinstance(module, nn.Module):
+        return copy.deepcopy(module)
+    built = module(n_features, n_classes)
+    if not isinstance(built, nn.Module):
+        raise TypeError(f"module({n_features}, {n_classes}) returned {type(built).__name__}, not a torch.nn.Module.")
+    return built
+
+
 class _AddChannel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.unsqueeze(1)

@@ -1,0 +1,186 @@
+"""Callbacks that steer training: stop it early, save it to resume later."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..checkpoint import checkpoint_path, latest_checkpoint, list_checkpoints, save_checkpoint
+from .base import Callback, keeps_state
+
+
+class EarlyStopping(Callback):
+    """Stop the current stage when ``monitor`` has not improved for ``patience`` evaluations.
+
+    Each stage of the plan (pre-training, training, fine-tuning) is watched on its own: its first
+    evaluation starts a fresh best and wait, so a stop in training does not cut fine-tuning short.
+
+    Parameters
+    ----------
+    monitor : str, default="valid_mean"
+        A key of the round records (rounds where it is NaN or missing are not evaluations).
+    patience : int, default=5
+    mode : {"max", "min"}, default="max"
+    min_delta : float, default=0.0
+
+    Examples
+    --------
+    >>> from pfedest import EvaluateClients, PartialPersonalizedClassifier
+    >>> from pfedest.datasets import make_shifted_clients
+    >>> X, y, c = make_shifted_clients(n_clients=3, n_samples_per_client=20, random_state=0)
+    >>> est = PartialPersonalizedClassifier(
+    ...     n_rounds=10, hidden_layer_sizes=(8,), random_state=0,
+    ...     callbacks=[EvaluateClients(X, y, c), EarlyStopping(patience=1, mode="min")]).fit(X, y, c)
+    >>> len(est.history_) < 10
+    True
+    """
+
+    def __init__(self, monitor: str = "valid_mean", patience: int = 5, mode: str = "max", min_delta: float = 0.0):
+        self.monitor = monitor
+        self.patience = patience
+        self.mode = mode
+        self.min_delta = min_delta
+
+    def on_train_begin(self, estimator):
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {self.mode!r}")
+        self._start_stage(None)
+
+    def _start_stage(self, stage):
+        self.best_ = -math.inf if self.mode == "max" else math.inf
+        self.best_round_ = None
+        self.waited_ = 0
+        self.stage_ = stage  # None: whatever stage the next record has
+
+    def on_round_end(self, estimator, record):
+        stage = record.get("stage")
+        if self.stage_ is not None and stage != self.stage_:
+            self._start_stage(stage)
+        self.stage_ = stage
+        value = record.get(self.monitor)
+        if value is None or math.isnan(value):
+            return
+        better = value > self.best_ + self.min_delta if self.mode == "max" else value < self.best_ - self.min_delta
+        if better:
+            self.best_, self.best_round_, self.waited_ = value, record["round"], 0
+            return
+        self.waited_ += 1
+        if self.waited_ >= self.patience:
+            estimator.request_stop(f"{self.monitor} has not improved for {self.patience} evaluations "
+                                   f"(best {self.best_:.4g} in round {self.best_round_}).")
+
+    def state_dict(self) -> dict:
+        """The stage, its best value and round, and the evaluations waited since (empty before training).
+
+        Examples
+        --------
+        >>> stopper = EarlyStopping(patience=3)
+        >>> stopper.on_train_begin(None)
+        >>> stopper.on_round_end(None, {"round": 1, "valid_mean": 0.8})
+        >>> stopper.on_round_end(None, {"round": 2, "valid_mean": 0.7})
+        >>> state = stopper.state_dict()
+        >>> state["best"], state["best_round"], state["waited"]
+        (0.8, 1, 1)
+        >>> resumed = EarlyStopping(patience=3)
+        >>> resumed.on_train_begin(None)
+        >>> resumed.load_state_dict(state)
+        >>> resumed.waited_
+        1
+        """
+        if not hasattr(self, "best_"):
+            return {}
+        # monitor and mode say what best means; load_state_dict checks them
+        return {"monitor": self.monitor, "mode": self.mode, "best": float(self.best_),
+                "best_round": self.best_round_, "waited": self.waited_, "stage": self.stage_}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``; refuse one that tracked another value or direction."""
+        if not state:
+            return
+        if (state["monitor"], state["mode"]) != (self.monitor, self.mode):
+            raise ValueError(f"The saved EarlyStopping state tracks monitor={state['monitor']!r}, "
+                             f"mode={state['mode']!r}; this one monitor={self.monitor!r}, mode={self.mode!r}.")
+        self.best_, self.best_round_, self.waited_ = state["best"], state["best_round"], state["waited"]
+        self.stage_ = state["stage"]
+
+
+class Checkpoint(Callback):
+    """Save everything needed to continue training every ``every`` rounds; resume from it.
+
+    With ``resume=True``, a ``fit`` that finds a valid checkpoint of the same run in ``directory``
+    continues from it instead of starting over, and ends with the same parameters as a run that
+    was never interrupted. Broken files (truncated, corrupted) are skipped for the previous good one.
+    The other callbacks' ``state_dict()`` is saved too (an :class:`EarlyStopping`'s best score and
+    wait) and restored after their ``on_train_begin``, so a resumed run stops where the uninterrupted
+    one does; a checkpoint whose callbacks with state differ from this fit's is refused, and so is
+    one written with other training settings (``lr``, ``algorithm``, ``weighting``, ...; not
+    ``engine``, ``device`` or ``verbose``). The estimator runs Checkpoint after every other callback,
+    wherever it is listed, so that it saves their state of the round.
+
+    Parameters
+    ----------
+    directory : str or Path
+    every : int, default=10
+    keep : int, default=2
+        How many of the newest checkpoints to keep (older ones are deleted).
+    resume : bool, default=True
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pfedest import PartialPersonalizedClassifier
+    >>> from pfedest.checkpoint import list_checkpoints
+    >>> from pfedest.datasets import make_shifted_clients
+    >>> X, y, c = make_shifted_clients(n_clients=3, n_samples_per_client=20, random_state=0)
+    >>> folder = tempfile.mkdtemp()
+    >>> est = PartialPersonalizedClassifier(n_rounds=4, hidden_layer_sizes=(8,), random_state=0,
+    ...                                     callbacks=[Checkpoint(folder, every=2)]).fit(X, y, c)
+    >>> [p.name for p in list_checkpoints(folder)]
+    ['round-000004.ckpt', 'round-000002.ckpt']
+    """
+
+    #: Saved after the other callbacks have added their entries to the round's record.
+    run_last = True
+
+    def __init__(self, directory=None, every: int = 10, keep: int = 2, resume: bool = True):
+        self.directory = directory
+        self.every = every
+        self.keep = keep
+        self.resume = resume
+
+    def on_train_begin(self, estimator):
+        if self.directory is None:
+            raise ValueError("Checkpoint needs a directory.")
+        Path(self.directory).mkdir(parents=True, exist_ok=True)
+        # A callback after this one would update its state after the save of each round, and its
+        # on_train_begin would reset it after the restore: its checkpointed state would be wrong.
+        # The estimator runs Checkpoint last; this catches another Checkpoint (a subclass with
+        # state) after this one, or callbacks ordered by other code.
+        later = [type(cb).__name__ for cb in _callbacks_after(estimator, self) if keeps_state(cb)]
+        if later:
+            raise ValueError(f"Checkpoint must run after every callback that keeps state, but {', '.join(later)} "
+                             "runs after it: run Checkpoint last.")
+        self.resumed_from_ = None
+        if self.resume:
+            found = latest_checkpoint(self.directory)
+            if found is not None:
+                path, state = found
+                estimator.load_state_dict(state)
+                self.resumed_from_ = str(path)
+
+    def on_round_end(self, estimator, record):
+        if record["round"] % self.every == 0:
+            self.save(estimator, record["round"])
+
+    def save(self, estimator, round_number: int) -> Path:
+        """Write a checkpoint of ``estimator`` now, and drop all but the ``keep`` newest."""
+        path = save_checkpoint(estimator.state_dict(), checkpoint_path(self.directory, round_number))
+        for old in list_checkpoints(self.directory)[max(self.keep, 1):]:
+            old.unlink(missing_ok=True)
+        return path
+
+
+def _callbacks_after(estimator, callback) -> list:
+    callbacks = list(getattr(estimator, "callbacks_", []))
+    position = next((i for i, cb in enumerate(callbacks) if cb is callback), len(callbacks))
+    return callbacks[position + 1:]
