@@ -223,8 +223,9 @@ def personal_fractions(search, X, y) -> np.ndarray:
     """The share of parameters each candidate of a fitted search makes personal.
 
     ``split__fraction`` is a request: a head or input split moves in whole layers, adapters in
-    whole widths. This fits each candidate for one round on one row of each class (the network's
-    size depends only on the row shape and the classes) and reads its ``personal_fraction_``.
+    whole widths. This builds each candidate's network (``initialize``, no training) on one row of
+    each class (its size depends only on the row shape and the classes) and reads its
+    ``personal_fraction_``.
 
     Parameters
     ----------
@@ -260,6 +261,5 @@ def personal_fractions(search, X, y) -> np.ndarray:
     fractions = []
     for params in search.cv_results_["params"]:
         est = clone(search.estimator).set_params(**params)
-        est.set_params(n_rounds=1, clients_per_round=1, warm_start=False, verbose=0)
-        fractions.append(est.fit(X_small, y_small).personal_fraction_)
+        fractions.append(est.initialize(X_small, y_small).personal_fraction_)
     return np.asarray(fractions, dtype=float)
