@@ -65,3 +65,24 @@ def test_run_config_follows_the_estimator():
         ("fedsim", 9, 0.05, 5, 3)
     with pytest.raises(ValueError, match="Unknown run config key"):
         run_config_for(small_estimator(), rounds=3)
+
+
+def test_the_run_config_maps_the_registrys_flower_settings_both_ways():
+    """Every estimator parameter the registry says the run config carries has a RunSettings field, and
+    the estimator -> run config -> estimator round trip gives the parameters back (None included)."""
+    from dataclasses import fields
+
+    from pfedest.flower.settings import FIELD_NAMES
+    from pfedest.settings import by_role, defaults
+
+    names = {f.name for f in fields(RunSettings)}
+    assert {FIELD_NAMES.get(n, n) for n in by_role("flower:run_config")} <= names
+    params = {n: defaults()[n] for n in by_role("flower:run_config")}
+    assert RunSettings.from_estimator_params(params).estimator_params() == params
+    params.update(personal_lr=0.05, personal_steps=2, shared_steps=0, clip_grad_norm=1.5, clients_per_round=0.5,
+                  lr_schedule=StepLR(step_rounds=3, gamma=0.2), weighting="uniform", server_optimizer="adam")
+    back = RunSettings.from_estimator_params(params).estimator_params()
+    assert repr(back.pop("lr_schedule")) == repr(params.pop("lr_schedule"))
+    assert back == params
+    # Only the settings a rounds.json of an older release holds are given back.
+    assert set(RunSettings().estimator_params(present={"num_rounds", "lr"})) == {"n_rounds", "lr"}

@@ -96,15 +96,17 @@ def run_config_for(estimator, **overrides) -> dict:
     ----------
     estimator : PartialPersonalizedClassifier
         Its training settings (rounds, algorithm, learning rates, steps, schedule, clipping,
-        ``personal_l2``, server optimizer, ...) are read. A ``lr_schedule`` that is not one of
-        :mod:`pfedest.core.schedules`' own gives ``lr-schedule = "constant"`` (:func:`write_model` warns).
+        ``personal_l2``, server optimizer, ...) are read (:meth:`RunSettings.from_estimator_params
+        <pfedest.flower.settings.RunSettings.from_estimator_params>`). A ``lr_schedule`` that is not
+        one of :mod:`pfedest.core.schedules`' own gives ``lr-schedule = "constant"``
+        (:func:`~pfedest.flower.model_file.write_model` warns).
     **overrides
         Run-config values to set instead (``-`` or ``_`` in the keys).
 
     Returns
     -------
     dict
-        Run-config key to value; checked by :meth:`RunSettings.from_config`.
+        Run-config key to value; checked by :meth:`~pfedest.flower.settings.RunSettings.from_config`.
 
     Examples
     --------
@@ -133,9 +135,9 @@ def export_app(estimator, directory, *, classes=None, n_features=None, name: str
 
     The folder gets ``pyproject.toml`` (the run config: :func:`run_config_for` of the estimator,
     with ``run_config`` overrides such as ``num_rounds=5`` or ``result_dir="/abs/path"``) and a
-    package with ``server_app.py``, ``client_app.py`` (thin wrappers around this module) and
-    ``model.json`` (:func:`write_model`). Run it with ``flwr run <directory> <connection>``; load
-    the outcome with :func:`load_result`.
+    package with ``server_app.py``, ``client_app.py`` (thin wrappers around :mod:`pfedest.flower`) and
+    ``model.json`` (:func:`~pfedest.flower.model_file.write_model`). Run it with
+    ``flwr run <directory> <connection>``; load the outcome with :func:`load_result`.
 
     Parameters
     ----------
@@ -144,7 +146,7 @@ def export_app(estimator, directory, *, classes=None, n_features=None, name: str
     directory : str or Path
         Created if missing; must be empty unless ``overwrite``.
     classes, n_features :
-        Required for an unfitted estimator (see :func:`write_model`).
+        Required for an unfitted estimator (see :func:`~pfedest.flower.model_file.write_model`).
     name : str, default="pfedest-app"
         The app's name (letters, digits, ``-`` and ``_``).
     overwrite : bool, default=False

@@ -320,14 +320,16 @@ def read_model(path) -> ModelSpec:
 
     Examples
     --------
+    :func:`write_model` has an example that reads its file back; a JSON file of anything else is refused:
+
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from pfedest import PartialPersonalizedClassifier
-    >>> est = PartialPersonalizedClassifier(hidden_layer_sizes=(4,), batch_size=5, random_state=0)
-    >>> spec = read_model(write_model(est, Path(tempfile.mkdtemp()) / "model.json",
-    ...                               classes=[0, 1], n_features=3))
-    >>> sorted(spec.personal)
-    ['net.2.bias', 'net.2.weight']
+    >>> other = Path(tempfile.mkdtemp()) / "model.json"
+    >>> _ = other.write_text('{"format": "something-else"}')
+    >>> read_model(other)
+    Traceback (most recent call last):
+    ...
+    ValueError: ... is not a pfedest Flower model (format 'something-else', expected 'pfedest-flower-model/1').
     """
     path = Path(path)
     if not path.is_file():

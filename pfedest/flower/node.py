@@ -53,7 +53,7 @@ def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal
     Parameters
     ----------
     template : PartialPersonalizedClassifier
-        A fitted estimator with the network (:meth:`ModelSpec.template`).
+        A fitted estimator with the network (:meth:`~pfedest.flower.model_file.ModelSpec.template`).
     X, y : ndarray
         The node's rows and labels (labels among ``template.classes_``).
     shared, personal : dict of str to Tensor
@@ -123,7 +123,7 @@ def personal_metrics(template, X: np.ndarray, y: np.ndarray, shared: Params, per
     Parameters
     ----------
     template : PartialPersonalizedClassifier
-        A fitted estimator with the network (:meth:`ModelSpec.template`).
+        A fitted estimator with the network (:meth:`~pfedest.flower.model_file.ModelSpec.template`).
     X, y : ndarray
         Rows and labels (labels among ``template.classes_``).
     shared, personal : dict of str to Tensor
@@ -197,26 +197,20 @@ class NodeStore:
     state_dir : str or Path
         The node's ``state-dir``; created if missing.
     app_id : str
-        The model's ``app_id`` (:class:`ModelSpec`).
+        The model's ``app_id`` (:class:`~pfedest.flower.model_file.ModelSpec`).
     partition_id : int
         The node's ``partition-id``.
 
     Examples
     --------
-    A node with an empty ``context.state`` and no file starts from the model's personal part:
+    A node with an empty ``context.state`` and no file starts from the model's personal part
+    (``initial``; here a stand-in for ``ModelSpec.personal``):
 
     >>> from types import SimpleNamespace
     >>> import tempfile
-    >>> from pathlib import Path
-    >>> from pfedest import PartialPersonalizedClassifier
-    >>> from pfedest.flower import write_model
-    >>> est = PartialPersonalizedClassifier(hidden_layer_sizes=(4,), batch_size=5, random_state=0)
-    >>> spec = read_model(write_model(est, Path(tempfile.mkdtemp()) / "model.json",
-    ...                               classes=[0, 1], n_features=3))
-    >>> store = NodeStore(Path(tempfile.mkdtemp()), spec.app_id, partition_id=0)
-    >>> personal, source = store.load(SimpleNamespace(state={}), spec.personal)
-    >>> source, store.file.name == f"pfedest-{spec.app_id}.npz"
-    ('init', True)
+    >>> store = NodeStore(tempfile.mkdtemp(), app_id="0123abcd", partition_id=0)
+    >>> store.load(SimpleNamespace(state={}), initial={"head": torch.zeros(2)}), store.file.name
+    (({'head': tensor([0., 0.])}, 'init'), 'pfedest-0123abcd.npz')
     """
 
     def __init__(self, state_dir, app_id: str, partition_id: int):
@@ -416,7 +410,7 @@ def client_app(app_dir, mods: Optional[Sequence] = None):
     """The Flower ``ClientApp`` of the app in ``app_dir`` (the folder holding ``model.json``).
 
     ``mods`` are Flower client mods (``mod(msg, context, call_next) -> Message``) wrapped around
-    the handlers. Needs ``flwr``; :func:`export_app` writes an app that calls it.
+    the handlers. Needs ``flwr``; :func:`~pfedest.flower.app.export_app` writes an app that calls it.
 
     Parameters
     ----------

@@ -1,10 +1,11 @@
 """The ServerApp: run :class:`~pfedest.flower.strategy.PersonalizedFedAvg` and write what the run left.
 
 :func:`server_main` is the ServerApp's main: it reads the run config, starts the strategy on the
-federation's grid (wrapped so that the server checks for replies every ``poll-interval`` seconds and
-stops waiting ``straggler-wait`` seconds after a round's first reply, when those are set), and writes to ``result-dir``: the shared
-parameters after every round (``shared.npz``), the settings and the record of every round
-(``rounds.json``) and a copy of ``model.json``. :func:`pfedest.flower.load_result` reads them back.
+federation's grid (wrapped so that the server checks for replies every ``poll-interval`` seconds
+and stops waiting ``straggler-wait`` seconds after a round's first reply, when those are set), and
+writes to ``result-dir``: the shared parameters after every round (``shared.npz``), the settings
+and the record of every round (``rounds.json``) and a copy of ``model.json``.
+:func:`~pfedest.flower.app.load_result` reads them back.
 
 Flower is imported only when the ServerApp is built or run.
 """
@@ -61,7 +62,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def server_main(grid, context, app_dir) -> Path:
-    """The ServerApp's main: run :class:`~pfedest.flower.strategy.PersonalizedFedAvg` and write the results to ``result-dir``.
+    """The ServerApp's main: run :class:`~pfedest.flower.strategy.PersonalizedFedAvg`; results go to ``result-dir``.
 
     Writes ``shared.npz`` (the shared parameters, after every round), ``rounds.json`` (the
     settings and the record of every round) and a copy of ``model.json``. Returns the folder.
@@ -136,13 +137,11 @@ def server_app(app_dir):
     >>> import pytest
     >>> flwr = pytest.importorskip("flwr")
     >>> import tempfile
-    >>> from pathlib import Path
     >>> from pfedest import PartialPersonalizedClassifier
-    >>> from pfedest.flower import write_model
-    >>> app_dir = Path(tempfile.mkdtemp())
-    >>> _ = write_model(PartialPersonalizedClassifier(hidden_layer_sizes=(4,)), app_dir / "model.json",
-    ...                 classes=[0, 1], n_features=3)
-    >>> type(server_app(app_dir)).__name__
+    >>> from pfedest.flower import export_app
+    >>> app = export_app(PartialPersonalizedClassifier(hidden_layer_sizes=(4,)), tempfile.mkdtemp(),
+    ...                  classes=[0, 1], n_features=3)
+    >>> type(server_app(app / "pfedest_app")).__name__
     'ServerApp'
     """
     from flwr.serverapp import ServerApp
