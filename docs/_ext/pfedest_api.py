@@ -12,7 +12,8 @@ One home per name
     modules with a ``.. public-names::`` line that export it, the one nearest to where it is defined
     (:func:`home_module`). ``automodule :members:`` on any other page leaves it out, and references to
     it through another module (``:class:`pfedest.HeadSplit```, the tables' entries) resolve to the
-    home's entry.
+    home's entry; a ``:mod:`` reference to a submodule without a page of its own
+    (``pfedest.callbacks.base``) resolves to the page of the nearest documented package.
 """
 
 from __future__ import annotations
@@ -137,18 +138,27 @@ def resolve_through_home(app, env, node, contnode):
     if node.get("refdomain") != "py":
         return None
     target = node.get("reftarget", "")
-    homes = _homes(app)
+    table = _homes(app)
+    domain = env.get_domain("py")
+    if node.get("reftype") == "mod":
+        # a submodule without a page of its own (pfedest.callbacks.base): its package's page
+        documented = {module for module, _ in table}
+        parts = target.split(".")
+        for i in range(len(parts) - 1, 1, -1):
+            if ".".join(parts[:i]) in documented:
+                return domain.resolve_xref(env, node["refdoc"], app.builder, "mod", ".".join(parts[:i]), node,
+                                           contnode)
+        return None
     guesses = [target] + ([f"{node['py:module']}.{target}"] if node.get("py:module") else [])
     for guess in guesses:
         parts = guess.split(".")
         for i in range(len(parts) - 1, 0, -1):
-            home = homes.get((".".join(parts[:i]), parts[i]))
+            home = table.get((".".join(parts[:i]), parts[i]))
             if home is None:
                 continue
             if home == ".".join(parts[:i]):
                 break
             new_target = ".".join([home, *parts[i:]])
-            domain = env.get_domain("py")
             return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], new_target, node,
                                        contnode)
     return None
