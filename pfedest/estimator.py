@@ -372,6 +372,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features) or ``(n_samples, *shape)``
+            Rows of clients the model knows (others as ``unseen_clients`` says).
         client_ids : array-like of shape (n_samples,), default=None
             Required when the model was fit on more than one client.
 

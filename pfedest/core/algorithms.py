@@ -172,10 +172,8 @@ def sgd_step(loss: LossFn, shared: Params, personal: Params, idx: torch.Tensor, 
     Examples
     --------
     >>> import torch
-    >>> X, y = torch.ones(4, 1), torch.full((4,), 2.0)
-    >>> def loss(shared, personal, idx, mask):
-    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
-    ...     return err.sum() / mask.sum(), (err.sum().detach(), mask.sum())
+    >>> from pfedest.core.model import linear_loss
+    >>> loss = linear_loss(torch.ones(4, 1), torch.full((4,), 2.0))
     >>> from pfedest.core.algorithms import sgd_step
     >>> shared, personal = {"w": torch.zeros(1)}, {"b": torch.zeros(())}
     >>> idx, mask = torch.arange(4), torch.ones(4)
@@ -227,10 +225,8 @@ def fedalt(step: Step, shared: Params, personal: Params, streams: Mapping[str, S
     Examples
     --------
     >>> import torch
-    >>> X, y = torch.ones(4, 1), torch.full((4,), 2.0)
-    >>> def loss(shared, personal, idx, mask):
-    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
-    ...     return err.sum() / mask.sum(), (err.sum().detach(), mask.sum())
+    >>> from pfedest.core.model import linear_loss
+    >>> loss = linear_loss(torch.ones(4, 1), torch.full((4,), 2.0))
     >>> from functools import partial
     >>> from pfedest.core.algorithms import StepSizes, fedalt, sgd_step
     >>> batch = [(torch.arange(4), torch.ones(4))]
@@ -249,37 +245,18 @@ def fedalt(step: Step, shared: Params, personal: Params, streams: Mapping[str, S
 def fedsim(step: Step, shared: Params, personal: Params, streams: Mapping[str, Stream], lr: StepSizes):
     """FedSim's local update: ``u`` and ``v`` take simultaneous SGD steps on the ``"joint"`` stream.
 
-    Parameters
-    ----------
-    step : callable
-        ``step(shared, personal, idx, mask, lr_shared, lr_personal)``, as in :func:`fedalt`.
-    shared, personal : dict of str to Tensor
-        The starting point ``(u, v_i)``.
-    streams : dict
-        ``"joint"``: a sequence of ``(idx, mask)`` minibatches.
-    lr : StepSizes
-        Client learning rates.
-
-    Returns
-    -------
-    shared, personal : dict
-        ``u_i`` (sent to the server) and ``v_i+`` (kept by the client).
-    totals : tuple
-        Sum of minibatch row losses and number of rows, over all local steps.
+    Parameters and returns as :func:`fedalt`'s, with one stream: ``streams["joint"]``, a sequence
+    of ``(idx, mask)`` minibatches.
 
     Examples
     --------
     >>> import torch
-    >>> X, y = torch.ones(4, 1), torch.full((4,), 2.0)
-    >>> def loss(shared, personal, idx, mask):
-    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
-    ...     return err.sum() / mask.sum(), (err.sum().detach(), mask.sum())
     >>> from functools import partial
-    >>> from pfedest.core.algorithms import StepSizes, fedsim, sgd_step
-    >>> batch = [(torch.arange(4), torch.ones(4))]
-    >>> u, v, (loss_sum, count) = fedsim(partial(sgd_step, loss), {"w": torch.zeros(1)},
-    ...                                  {"b": torch.zeros(())}, {"joint": batch},
-    ...                                  StepSizes(shared=0.25, personal=0.25))
+    >>> from pfedest.core.algorithms import StepSizes, sgd_step
+    >>> from pfedest.core.model import linear_loss
+    >>> step = partial(sgd_step, linear_loss(torch.ones(4, 1), torch.full((4,), 2.0)))
+    >>> joint = {"joint": [(torch.arange(4), torch.ones(4))]}
+    >>> u, v, (loss_sum, _) = fedsim(step, {"w": torch.zeros(1)}, {"b": torch.zeros(())}, joint, StepSizes(0.25, 0.25))
     >>> u["w"].item(), v["b"].item(), loss_sum.item()
     (1.0, 1.0, 16.0)
     """
@@ -289,38 +266,18 @@ def fedsim(step: Step, shared: Params, personal: Params, streams: Mapping[str, S
 def personal_only(step: Step, shared: Params, personal: Params, streams: Mapping[str, Stream], lr: StepSizes):
     """Train ``v`` alone with ``u`` frozen: personalizing new clients, fine-tuning.
 
-    Parameters
-    ----------
-    step : callable
-        ``step(shared, personal, idx, mask, lr_shared, lr_personal)``, as in :func:`fedalt`.
-    shared, personal : dict of str to Tensor
-        The starting point ``(u, v_i)``; ``u`` is returned unchanged.
-    streams : dict
-        ``"personal"``: a sequence of ``(idx, mask)`` minibatches.
-    lr : StepSizes
-        Client learning rates (only ``lr.personal`` is used).
-
-    Returns
-    -------
-    shared, personal : dict
-        ``u`` unchanged and the trained ``v_i``.
-    totals : tuple
-        Sum of minibatch row losses and number of rows, over all local steps.
+    Parameters and returns as :func:`fedalt`'s, with one stream, ``streams["personal"]``; only
+    ``lr.personal`` is used and ``u`` comes back unchanged.
 
     Examples
     --------
     >>> import torch
-    >>> X, y = torch.ones(4, 1), torch.full((4,), 2.0)
-    >>> def loss(shared, personal, idx, mask):
-    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
-    ...     return err.sum() / mask.sum(), (err.sum().detach(), mask.sum())
     >>> from functools import partial
-    >>> from pfedest.core.algorithms import StepSizes, personal_only, sgd_step
-    >>> batch = [(torch.arange(4), torch.ones(4))]
-    >>> u, v, _ = personal_only(partial(sgd_step, loss), {"w": torch.zeros(1)},
-    ...                         {"b": torch.zeros(())}, {"personal": batch},
-    ...                         StepSizes(shared=0.25, personal=0.25))
-    >>> u["w"].item(), v["b"].item()
+    >>> from pfedest.core.model import linear_loss
+    >>> step = partial(sgd_step, linear_loss(torch.ones(4, 1), torch.full((4,), 2.0)))
+    >>> u, v, _ = personal_only(step, {"w": torch.zeros(1)}, {"b": torch.zeros(())},
+    ...                         {"personal": [(torch.arange(4), torch.ones(4))]}, StepSizes(0.25, 0.25))
+    >>> u["w"].item(), v["b"].item()  # u frozen
     (0.0, 1.0)
     """
     return _run_stream(step, shared, personal, streams["personal"], None, lr.personal, (0.0, 0.0))

@@ -100,10 +100,8 @@ class LoopEngine:
     Examples
     --------
     >>> import torch
-    >>> X, y = torch.ones(6, 1), torch.full((6,), 2.0)
-    >>> def loss(shared, personal, idx, mask):
-    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
-    ...     return err.sum() / mask.sum().clamp(min=1), (err.sum().detach(), mask.sum())
+    >>> from pfedest.core.model import linear_loss
+    >>> loss = linear_loss(torch.ones(6, 1), torch.full((6,), 2.0))
     >>> from pfedest.core.algorithms import ALGORITHMS, StepSizes
     >>> from pfedest.core.engine import LoopEngine
     >>> batch = (torch.tensor([[[0, 1, 2]], [[3, 4, 5]]]), torch.ones(2, 1, 3))
@@ -159,19 +157,18 @@ class VmapEngine:
 
     Examples
     --------
+    The same update as :class:`LoopEngine`'s example, batched:
+
     >>> import torch
-    >>> X, y = torch.ones(6, 1), torch.full((6,), 2.0)
-    >>> def loss(shared, personal, idx, mask):
-    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
-    ...     return err.sum() / mask.sum().clamp(min=1), (err.sum().detach(), mask.sum())
     >>> from pfedest.core.algorithms import ALGORITHMS, StepSizes
-    >>> from pfedest.core.engine import VmapEngine
+    >>> from pfedest.core.model import linear_loss
     >>> batch = (torch.tensor([[[0, 1, 2]], [[3, 4, 5]]]), torch.ones(2, 1, 3))
-    >>> u, v, (sums, counts) = VmapEngine(loss, {"w": 1}).local_updates(
-    ...     ALGORITHMS["fedsim"], {"w": torch.zeros(1)}, {"b": torch.zeros(2)},
-    ...     {"joint": batch}, StepSizes(0.25, 0.25))
-    >>> u["w"].tolist(), v["b"].tolist(), counts.tolist()
-    ([[1.0], [1.0]], [1.0, 1.0], [3.0, 3.0])
+    >>> args = (ALGORITHMS["fedsim"], {"w": torch.zeros(1)}, {"b": torch.zeros(2)}, {"joint": batch},
+    ...         StepSizes(0.25, 0.25))
+    >>> loss = linear_loss(torch.ones(6, 1), torch.full((6,), 2.0))
+    >>> batched, looped = VmapEngine(loss, {"w": 1}).local_updates(*args), LoopEngine(loss).local_updates(*args)
+    >>> torch.equal(batched[0]["w"], looped[0]["w"]), batched[0]["w"].tolist()
+    (True, [[1.0], [1.0]])
     """
 
     name = "vmap"

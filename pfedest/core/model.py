@@ -103,3 +103,33 @@ def personalized_logits(module: nn.Module, buffers: Params, shared: Params, pers
         v = {k: p[rows] for k, p in personal.items()}
         out.append(vmap(one_row)(v, X[start:start + chunk]))
     return torch.cat(out)
+
+
+def linear_loss(X: torch.Tensor, y: torch.Tensor):
+    """The squared error of the smallest personalized model, ``x @ u["w"] + v["b"]``, on rows ``X[idx]``.
+
+    A shared weight and a personal bias, in the functional form every algorithm and engine takes:
+    ``loss(shared, personal, idx, mask) -> (mean, (sum, count))``. The examples of the core use it,
+    so that their numbers can be checked by hand.
+
+    Parameters
+    ----------
+    X : Tensor of shape (n_rows, n_features)
+    y : Tensor of shape (n_rows,)
+
+    Returns
+    -------
+    callable
+
+    Examples
+    --------
+    >>> loss = linear_loss(torch.ones(2, 1), torch.full((2,), 2.0))
+    >>> mean, (total, count) = loss({"w": torch.zeros(1)}, {"b": torch.zeros(())}, torch.arange(2), torch.ones(2))
+    >>> mean.item(), total.item(), count.item()
+    (4.0, 8.0, 2.0)
+    """
+    def loss(shared, personal, idx, mask):
+        err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
+        return err.sum() / mask.sum().clamp(min=1), (err.sum().detach(), mask.sum())
+
+    return loss

@@ -222,10 +222,9 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
 
     Examples
     --------
-    >>> X, y = torch.ones(6, 1), torch.full((6,), 2.0)
-    >>> def loss(shared, personal, idx, mask):
-    ...     err = (X[idx] @ shared["w"] + personal["b"] - y[idx]) ** 2 * mask
-    ...     return err.sum() / mask.sum().clamp(min=1), (err.sum().detach(), mask.sum())
+    >>> import torch
+    >>> from pfedest.core.model import linear_loss
+    >>> loss = linear_loss(torch.ones(6, 1), torch.full((6,), 2.0))
     >>> from pfedest.core.algorithms import ALGORITHMS
     >>> from pfedest.core.engine import make_engine
     >>> shared, personal = {"w": torch.zeros(1)}, {"b": torch.zeros(2)}
