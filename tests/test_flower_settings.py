@@ -86,3 +86,24 @@ def test_the_run_config_maps_the_registrys_flower_settings_both_ways():
     assert back == params
     # Only the settings a rounds.json of an older release holds are given back.
     assert set(RunSettings().estimator_params(present={"num_rounds", "lr"})) == {"n_rounds", "lr"}
+
+
+def test_a_server_optimizer_object_travels_as_its_kind_rate_and_momentum(tmp_path):
+    import warnings
+
+    from pfedest.core.server import ServerOptimizer
+    from pfedest.flower import read_model, write_model
+
+    cfg = run_config_for(small_estimator(server_optimizer=ServerOptimizer("sgd", lr=0.5, momentum=0.9)))
+    assert (cfg["server-optimizer"], cfg["server-lr"], cfg["server-momentum"]) == ("sgd", 0.5, 0.9)
+    back = RunSettings.from_config(cfg).estimator_params()  # the estimator's spelling: no deprecated momentum
+    assert repr(back["server_optimizer"]) == repr(ServerOptimizer("sgd", lr=0.5, momentum=0.9))
+    assert (back["server_lr"], back["server_momentum"]) == (1.0, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_model(small_estimator(server_optimizer=ServerOptimizer("adam", lr=0.01)), tmp_path / "m.json",
+                    classes=[0, 1], n_features=5)
+    with pytest.warns(UserWarning, match="server_optimizer=ServerOptimizer"):  # its betas have no run-config key
+        spec = read_model(write_model(small_estimator(server_optimizer=ServerOptimizer("adam", betas=(0.5, 0.9))),
+                                      tmp_path / "m.json", classes=[0, 1], n_features=5))
+    assert spec.estimator_params()["server_optimizer"].betas == (0.5, 0.9)

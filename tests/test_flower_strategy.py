@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pfedest.core.schedules import StepLR
+from pfedest.core.server import ServerOptimizer
 from pfedest.datasets import make_shifted_clients
 from pfedest.flower import RunSettings, export_app, read_model, run_config_for
 from test_flower import flower_context, flower_message, small_estimator
@@ -79,7 +80,8 @@ TRAINING_OPTIONS = {
     "adam": dict(clip_grad_norm=0.5, personal_l2=0.1, personal_l2_target="init", lr_schedule="linear",
                  server_optimizer="adam", server_lr=0.05),
     "momentum": dict(clip_grad_norm=0.5, personal_l2=0.1, personal_l2_target="zero",
-                     lr_schedule=StepLR(step_rounds=2, gamma=0.3), server_optimizer="sgd", server_momentum=0.9),
+                     lr_schedule=StepLR(step_rounds=2, gamma=0.3),
+                     server_optimizer=ServerOptimizer("sgd", lr=0.8, momentum=0.9)),
 }
 
 

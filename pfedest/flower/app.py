@@ -205,9 +205,9 @@ def load_result(result_dir, state_dirs: Iterable = ()):
 
     Notes
     -----
-    The estimator is made by fitting the stored configuration for one round on one row per class
-    (so that every fitted attribute exists and is consistent, through the public ``fit``), then
-    its ``shared_params_``, ``personal_params_`` and ``clients_`` are replaced by the run's.
+    The estimator is the stored configuration initialized on one row per class (its public
+    ``initialize``, so that every fitted attribute exists and is consistent), then its
+    ``shared_params_``, ``personal_params_`` and ``clients_`` are replaced by the run's.
 
     Examples
     --------

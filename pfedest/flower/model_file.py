@@ -26,6 +26,7 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
+from ..core.server import ServerOptimizer
 from ..core.types import Params
 from ..settings import by_role, defaults as registry_defaults
 from .settings import schedule_fields
@@ -43,6 +44,7 @@ CARRIED = by_role("flower:model") + by_role("flower:run_config")
 #: ``callbacks`` is left out although the registry files it under ``"ignored"``: the app runs none,
 #: and an ``EarlyStopping`` or a ``Checkpoint`` that silently does nothing deserves the warning.
 SILENTLY_IGNORED = tuple(name for name in by_role("flower:ignored") if name != "callbacks")
+_SERVER_DEFAULTS = ServerOptimizer()  # the betas and eps of every server optimizer a run config makes
 
 
 def _encode_array(t: torch.Tensor) -> dict:
@@ -140,11 +142,16 @@ def write_model(estimator, path, *, classes=None, n_features=None) -> Path:
     if "lr_schedule" in params and schedule_fields(params["lr_schedule"]) is None:
         ignored.append("lr_schedule")  # a callable of the user's: the nodes could not rebuild it
         params.pop("lr_schedule")
+    server = params.get("server_optimizer")
+    if isinstance(server, ServerOptimizer) and (tuple(server.betas), server.eps) != (
+            tuple(_SERVER_DEFAULTS.betas), _SERVER_DEFAULTS.eps):
+        ignored.append("server_optimizer")  # the run config holds its kind, lr and momentum only
     if ignored:
         warnings.warn(f"The Flower app does not carry out these estimator settings: "
                       f"{', '.join(f'{k}={getattr(estimator, k)!r}' for k in sorted(ignored))}; it has no pre-training "
-                      "or fine-tuning stage, no callbacks, and only the learning-rate schedules of "
-                      "pfedest.core.schedules.SCHEDULES.", UserWarning, stacklevel=2)
+                      "or fine-tuning stage, no callbacks, only the learning-rate schedules of "
+                      "pfedest.core.schedules.SCHEDULES, and of a ServerOptimizer only its kind, lr and momentum.",
+                      UserWarning, stacklevel=2)
     if isinstance(params.get("random_state"), (np.random.RandomState, np.random.Generator)):
         params["random_state"] = None  # the weights are stored; the seed only named them
     plain, objects = {}, {}
@@ -169,7 +176,7 @@ def write_model(estimator, path, *, classes=None, n_features=None) -> Path:
             raise ValueError("An unfitted estimator needs classes= (the labels) and n_features= (features per "
                              "row, or the shape of one row) to build its network.")
         input_shape = (int(n_features),) if np.isscalar(n_features) else tuple(int(d) for d in n_features)
-        template = _fit_template(type(estimator), plain, objects, np.asarray(classes), input_shape)
+        template = _build_template(type(estimator), plain, objects, np.asarray(classes), input_shape)
         init = dict(template.module_.named_parameters())
         shared = {k: init[k].detach().clone() for k in template.shared_params_}
         personal = {k: init[k].detach().clone() for k in template.personal_params_}
@@ -214,17 +221,17 @@ def _import(path: str):
     return obj
 
 
-def _fit_template(cls, plain: Mapping, objects: Mapping, classes: np.ndarray, input_shape: tuple):
-    """The estimator fitted for one round on one row per class: the public way to make it build its
-    network (``module_``, the shared/personal names) without running its training."""
+def _build_template(cls, plain: Mapping, objects: Mapping, classes: np.ndarray, input_shape: tuple):
+    """The estimator with the model's network, initialized (``initialize``, no training) on one row
+    per class: its ``module_``, ``classes_`` and the names of its shared and personal parameters."""
     arch = _decode_params(plain, objects, by_role("flower:model"))
     accepted = set(inspect.signature(cls.__init__).parameters)
     est = cls(**{k: v for k, v in arch.items() if k in accepted})
-    est.set_params(n_rounds=1, clients_per_round=1, engine="loop", device="cpu", verbose=0, warm_start=False)
+    est.set_params(device="cpu")
     X = np.zeros((len(classes), *input_shape), dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        est.fit(X, classes)
+        est.initialize(X, classes)
     return est
 
 
@@ -273,8 +280,8 @@ class ModelSpec:
     personal: Params
 
     def template(self):
-        """A fitted estimator with this model's network (its weights are not the model's: use
-        :attr:`shared` and :attr:`personal`). Cached per file and process."""
+        """An estimator with this model's network, initialized without training (its weights are
+        not the model's: use :attr:`shared` and :attr:`personal`). Cached per file and process."""
         return _template_cached(self.app_id, json.dumps([self.estimator, self.objects, self.classes.tolist(),
                                                          list(self.input_shape), self.estimator_class]))
 
@@ -295,7 +302,7 @@ def _decode_params(plain: Mapping, objects: Mapping, names: Optional[tuple] = No
 @lru_cache(maxsize=8)
 def _template_cached(app_id: str, key: str):
     estimator, objects, classes, input_shape, cls_path = json.loads(key)
-    template = _fit_template(_import(cls_path), estimator, objects, np.asarray(classes), tuple(input_shape))
+    template = _build_template(_import(cls_path), estimator, objects, np.asarray(classes), tuple(input_shape))
     return template
 
 

@@ -53,7 +53,8 @@ def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal
     Parameters
     ----------
     template : PartialPersonalizedClassifier
-        A fitted estimator with the network (:meth:`~pfedest.flower.model_file.ModelSpec.template`).
+        An estimator with the network, initialized or fitted
+        (:meth:`~pfedest.flower.model_file.ModelSpec.template`).
     X, y : ndarray
         The node's rows and labels (labels among ``template.classes_``).
     shared, personal : dict of str to Tensor
@@ -123,7 +124,8 @@ def personal_metrics(template, X: np.ndarray, y: np.ndarray, shared: Params, per
     Parameters
     ----------
     template : PartialPersonalizedClassifier
-        A fitted estimator with the network (:meth:`~pfedest.flower.model_file.ModelSpec.template`).
+        An estimator with the network, initialized or fitted
+        (:meth:`~pfedest.flower.model_file.ModelSpec.template`).
     X, y : ndarray
         Rows and labels (labels among ``template.classes_``).
     shared, personal : dict of str to Tensor

@@ -24,7 +24,7 @@ from ..core.server import ServerOptimizer
 from ..core.types import Params
 from ..settings import by_role, setting
 
-__all__ = ["RunSettings", "schedule_fields", "NONE_IN_RUN_CONFIG", "FIELD_NAMES"]
+__all__ = ["RunSettings", "schedule_fields", "server_optimizer_fields", "NONE_IN_RUN_CONFIG", "FIELD_NAMES"]
 
 #: Estimator parameters whose :class:`RunSettings` field has another name.
 FIELD_NAMES = {"n_rounds": "num_rounds"}
@@ -156,9 +156,10 @@ class RunSettings:
         """The settings that train as an estimator with ``params`` (``get_params(deep=False)``) does.
 
         The registry's ``"flower:run_config"`` parameters are read (a ``lr_schedule`` that is not one
-        of :data:`pfedest.core.schedules.SCHEDULES` gives ``"constant"``: see :func:`schedule_fields`),
-        and an int ``random_state`` is the ``seed``; the other fields keep their defaults. Not checked:
-        :meth:`from_config` of :meth:`to_config` checks.
+        of :data:`pfedest.core.schedules.SCHEDULES` gives ``"constant"``: see :func:`schedule_fields`;
+        a :class:`~pfedest.core.server.ServerOptimizer` gives its kind, ``lr`` and ``momentum``: see
+        :func:`server_optimizer_fields`), and an int ``random_state`` is the ``seed``; the other
+        fields keep their defaults. Not checked: :meth:`from_config` of :meth:`to_config` checks.
 
         Examples
         --------
@@ -172,13 +173,16 @@ class RunSettings:
         for name in by_role("flower:run_config"):
             if name not in params:
                 continue
-            if name == "lr_schedule":
-                values.update(schedule_fields(params[name]) or {"lr_schedule": "constant"})
-                continue
             value = params[name]
             if value is None:
                 value = NONE_IN_RUN_CONFIG[name]
             values[FIELD_NAMES.get(name, name)] = value
+        # Parameters that stand for several fields.
+        if "lr_schedule" in values:
+            values.update(schedule_fields(values["lr_schedule"]) or {"lr_schedule": "constant"})
+        if "server_optimizer" in values:
+            values.update(server_optimizer_fields(values["server_optimizer"], values.get("server_lr", 1.0),
+                                                  values.get("server_momentum", 0.0)))
         seed = params.get("random_state")
         values["seed"] = int(seed) if isinstance(seed, (int, np.integer)) else 0
         for name, value in values.items():
@@ -203,7 +207,9 @@ class RunSettings:
         """The estimator parameters of the registry's ``"flower:run_config"`` kind that train as these
         settings do: the inverse of :meth:`from_estimator_params`.
 
-        A schedule with its default parameters is given by name, other ones as the schedule object.
+        A schedule with its default parameters is given by name, other ones as the schedule object;
+        server momentum as a :class:`~pfedest.core.server.ServerOptimizer`, the server optimizer by
+        name with ``server_lr`` otherwise.
         With ``present`` (field names), only the parameters whose field is among them: the settings
         that a ``rounds.json`` written by an older release holds.
 
@@ -224,6 +230,11 @@ class RunSettings:
                 continue
             value = getattr(self, FIELD_NAMES.get(name, name))
             params[name] = None if name in NONE_IN_RUN_CONFIG and value == NONE_IN_RUN_CONFIG[name] else value
+        if params.get("server_momentum"):  # the estimator takes server momentum as a ServerOptimizer
+            params.update(server_optimizer=ServerOptimizer(params.get("server_optimizer", "sgd"),
+                                                           lr=params.get("server_lr", 1.0),
+                                                           momentum=params["server_momentum"]),
+                          server_lr=1.0, server_momentum=0.0)
         return params
 
     def _check(self):
@@ -333,3 +344,34 @@ def schedule_fields(schedule) -> Optional[dict]:
     if name is None:
         return None
     return {"lr_schedule": name, **{f"lr_{p}": v for p, v in schedule.get_params().items()}}
+
+
+def server_optimizer_fields(server_optimizer, lr: float = 1.0, momentum: float = 0.0) -> dict:
+    """The :class:`RunSettings` fields of an estimator's server optimizer.
+
+    Parameters
+    ----------
+    server_optimizer : str or ServerOptimizer
+        A name (with the estimator's ``server_lr`` and ``server_momentum``), or a
+        :class:`~pfedest.core.server.ServerOptimizer` whose kind, ``lr`` and ``momentum`` are taken (its
+        ``betas`` and ``eps`` have no run-config key: :func:`~pfedest.flower.model_file.write_model`
+        warns when they are not the defaults).
+    lr, momentum : float
+        The estimator's ``server_lr`` and ``server_momentum``.
+
+    Returns
+    -------
+    dict
+        ``server_optimizer``, ``server_lr`` and ``server_momentum``.
+
+    Examples
+    --------
+    >>> server_optimizer_fields(ServerOptimizer("sgd", lr=0.5, momentum=0.9))
+    {'server_optimizer': 'sgd', 'server_lr': 0.5, 'server_momentum': 0.9}
+    >>> server_optimizer_fields("adam", lr=0.01)
+    {'server_optimizer': 'adam', 'server_lr': 0.01, 'server_momentum': 0.0}
+    """
+    if isinstance(server_optimizer, ServerOptimizer):
+        return {"server_optimizer": server_optimizer.kind, "server_lr": server_optimizer.lr,
+                "server_momentum": server_optimizer.momentum}
+    return {"server_optimizer": server_optimizer, "server_lr": lr, "server_momentum": momentum}
