@@ -76,9 +76,9 @@ def test_api_modules_and_public_names_cover_the_package():
     import pfedest.evaluation.report
 
     modules = checker.api_modules()
-    for layer in ("pfedest", "pfedest.estimator", "pfedest.callbacks", "pfedest.checkpoint", "pfedest.settings", "pfedest.fit_state",
-                  "pfedest.validation", "pfedest.core.algorithms", "pfedest.core.rounds", "pfedest.core.engine",
-                  "pfedest.nn.modules", "pfedest.nn.splits", "pfedest.evaluation.report",
+    for layer in ("pfedest", "pfedest.estimator", "pfedest.callbacks", "pfedest.checkpoint", "pfedest.settings",
+                  "pfedest.validation", "pfedest.fit_state", "pfedest.core.algorithms", "pfedest.core.rounds",
+                  "pfedest.core.engine", "pfedest.nn.modules", "pfedest.nn.splits", "pfedest.evaluation.report",
                   "pfedest.evaluation.model_selection", "pfedest.evaluation.plotting", "pfedest.datasets"):
         assert layer in modules, (layer, modules)
     assert set(public_names("pfedest")) == set(pfedest.__all__) - {"__version__"}
