@@ -12,8 +12,8 @@ average over ``T`` rounds of the stationarity measure the theory bounds with wha
 
 It prints the table of measured and predicted slopes and saves ``convergence_rates.png``.
 
-Run: ``python examples/plot_convergence_rates.py --out-dir figures`` (5 minutes of CPU on 2 cores;
-``--horizons 50,100,200 --seeds 1 --rounds 400`` for a quick look in 20 seconds).
+Run: ``python examples/plot_convergence_rates.py --out-dir figures`` (minutes; running times in
+``docs/theory.md``), or ``--horizons 50,100,200 --seeds 1 --rounds 400`` for a quick look.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Personalized least squares (``pfedest.theory.generators.make_least_squares``), F
 
 Saves ``fedalt_vs_fedsim.png`` and prints the numbers behind it.
 
-Run: ``python examples/plot_fedalt_vs_fedsim.py --out-dir figures`` (2.5 minutes of CPU on 2 cores).
+Run: ``python examples/plot_fedalt_vs_fedsim.py --out-dir figures`` (minutes; running times in ``docs/theory.md``).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def test_personal_part_of_the_measure_scales_with_participation():
     # Without coupling each v_i does plain gradient descent, one step per round its client is
     # sampled (probability m/n): the unweighted sum over rounds of ||grad_v F_i||^2 grows by n/m
     # in expectation, and the measure's factor m/n brings it back to the full-participation value.
-    # Many clients per run average the random holding times (about 5% spread per run here).
+    # Many clients per run average the random holding times (their spread per run: docs/theory.md).
     problem = make_least_squares(n_clients=128, n_samples_per_client=10, dim_shared=3, dim_personal=2,
                                  coupling=0.0, random_state=1)
     lr_u, lr_v = theory_step_sizes(problem, eta=1.0)
