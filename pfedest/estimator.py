@@ -569,7 +569,6 @@ class PartialPersonalizedClassifier(ClassifierMixin, BaseEstimator):
             return personalized_logits(self.module_, dict(self.module_.named_buffers()), self.shared_params_,
                                        personal, X_t, torch.as_tensor(rows, device=device))
 
-    # ------------------------------------------------------------- pickling
     def __getstate__(self):
         state = dict(super().__getstate__())  # object.__getstate__ returns __dict__ itself
         cpu = torch.device("cpu")

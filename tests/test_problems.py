@@ -159,16 +159,3 @@ def test_bad_problems_and_points_are_refused_with_the_value():
         PersonalizedLeastSquares(np.ones((4, 2)), np.ones((4, 1)), np.ones(4), np.array([2, 3]))
     with pytest.raises(ValueError, match="V of shape"):
         least_squares().objective(np.zeros(3), np.zeros((3, 2)))
-
-
-def test_names_moved_out_of_the_module_still_import_from_it_with_a_warning():
-    import pfedest.theory
-    import pfedest.theory.problems as problems
-
-    with pytest.warns(FutureWarning, match="pfedest.theory.driver.run"):
-        assert problems.run is pfedest.theory.run
-    with pytest.warns(FutureWarning, match="generators"):
-        from pfedest.theory.problems import make_logistic as moved
-    assert moved is pfedest.theory.make_logistic
-    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
-        problems.nothing

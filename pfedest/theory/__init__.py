@@ -2,16 +2,20 @@
 
 One module a job; arrows point one way (``rates -> driver -> problems``, ``generators -> problems``):
 
-- :mod:`~pfedest.theory.problems`: the problems and their constants.
+- :mod:`~pfedest.theory.constants`: :class:`~pfedest.theory.constants.Constants`, the numbers the
+  theory is written in.
+- :mod:`~pfedest.theory.problems`: the problems, which compute their constants from the data.
 - :mod:`~pfedest.theory.generators`: data generators with a knob for each quantity of the theory.
 - :mod:`~pfedest.theory.driver`: :func:`~pfedest.theory.driver.run` FedAlt or FedSim on a problem,
   measuring every round.
 - :mod:`~pfedest.theory.rates`: predicted step sizes, bounds and slopes, and slope fits.
 
-Every public name of the four is importable from ``pfedest.theory``.
+Every public name of the five is importable from ``pfedest.theory``.
 """
 
-from .problems import *  # noqa: F401,F403  (the public names of each module, listed in its __all__)
+from .constants import *  # noqa: F401,F403  (the public names of each module, listed in its __all__)
+from .constants import __all__ as _constants
+from .problems import *  # noqa: F401,F403
 from .problems import __all__ as _problems
 from .generators import *  # noqa: F401,F403
 from .generators import __all__ as _generators
@@ -20,4 +24,4 @@ from .driver import __all__ as _driver
 from .rates import *  # noqa: F401,F403
 from .rates import __all__ as _rates
 
-__all__ = [*_problems, *_generators, *_driver, *_rates]
+__all__ = [*_constants, *_problems, *_generators, *_driver, *_rates]

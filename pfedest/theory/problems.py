@@ -30,69 +30,15 @@ squares, L-BFGS then Newton to machine precision for logistic regression).
 
 from __future__ import annotations
 
-import importlib
-import warnings
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["Constants", "PersonalizedProblem", "PersonalizedLeastSquares", "PersonalizedLogistic"]
+from .constants import Constants, lambda_max, spectral_norm
 
-
-@dataclass(frozen=True)
-class Constants:
-    """The constants of a problem that the convergence theory is written in.
-
-    Usually read from :attr:`PersonalizedProblem.constants` rather than built by hand.
-
-    Parameters
-    ----------
-    L_u : float
-        Smoothness of every ``F_i`` in ``u``: ``max_i sup lambda_max(d^2 F_i / du^2)``.
-    L_v : float
-        Smoothness of every ``F_i`` in ``v_i``.
-    L_uv : float
-        Cross-Lipschitz constant ``max_i sup ||d^2 F_i / du dv||_2`` (``L_vu`` is the same number:
-        the Hessian is symmetric). Exact for least squares, an upper bound for logistic regression.
-    chi : float
-        Coupling ``L_uv / sqrt(L_u L_v)``; 0 when every ``F_i`` is a sum ``f_i(u) + g_i(v_i)``;
-        at most 1 for convex problems.
-    mu : float
-        Strong convexity of every ``F_i`` jointly in ``(u, v_i)`` (a lower bound for logistic
-        regression: its ridge).
-
-    Examples
-    --------
-    >>> k = Constants(L_u=4.0, L_v=1.0, L_uv=1.0, chi=0.5, mu=0.1)
-    >>> k.L_vu
-    1.0
-    >>> from pfedest.theory.generators import make_least_squares
-    >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
-    >>> bool(0.0 <= p.constants.chi <= 1.0 and p.constants.mu > 0)
-    True
-    """
-
-    L_u: float
-    L_v: float
-    L_uv: float
-    chi: float
-    mu: float
-
-    @property
-    def L_vu(self) -> float:
-        return self.L_uv
-
-
-def _lambda_max(M: np.ndarray) -> np.ndarray:
-    """Largest eigenvalue of each symmetric matrix of a stack ``[..., d, d]``."""
-    return np.linalg.eigvalsh(M)[..., -1]
-
-
-def _spectral_norm(M: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(M, ord=2, axis=(-2, -1)) if M.size else np.zeros(M.shape[:-2])
+__all__ = ["PersonalizedProblem", "PersonalizedLeastSquares", "PersonalizedLogistic"]
 
 
 class PersonalizedProblem:
@@ -398,14 +344,14 @@ class PersonalizedProblem:
         """:class:`Constants` computed from the data (see the class docstring for exactness)."""
         w = np.full(len(self.A), self._curvature)
         H_uu, H_uv, H_vv = self._weighted_blocks(w)
-        L_u = float(_lambda_max(H_uu).max())
-        L_v = float(_lambda_max(H_vv).max())
+        L_u = float(lambda_max(H_uu).max())
+        L_v = float(lambda_max(H_vv).max())
         L_uv = float(self._cross_bound(H_uv).max())
         mu = self._strong_convexity(H_uu, H_uv, H_vv)
         return Constants(L_u=L_u, L_v=L_v, L_uv=L_uv, chi=float(L_uv / np.sqrt(L_u * L_v)), mu=float(mu))
 
     def _cross_bound(self, H_uv):
-        return _spectral_norm(H_uv)
+        return spectral_norm(H_uv)
 
     def _strong_convexity(self, H_uu, H_uv, H_vv):
         joint = np.block([[H_uu, H_uv], [np.swapaxes(H_uv, 1, 2), H_vv]])
@@ -573,8 +519,8 @@ class PersonalizedLogistic(PersonalizedProblem):
 
     def _cross_bound(self, H_uv):
         # sup over 0 <= l'' <= 1/4 of ||A^T D B|| / m is at most ||A|| ||B|| / (4 m).
-        norms_a = np.sqrt(_lambda_max(self._client_sum(np.einsum("ri,rj->rij", self.A, self.A))))
-        norms_b = np.sqrt(_lambda_max(self._client_sum(np.einsum("ri,rj->rij", self.B, self.B))))
+        norms_a = np.sqrt(lambda_max(self._client_sum(np.einsum("ri,rj->rij", self.A, self.A))))
+        norms_b = np.sqrt(lambda_max(self._client_sum(np.einsum("ri,rj->rij", self.B, self.B))))
         return self._curvature * norms_a * norms_b / self.counts
 
     def _strong_convexity(self, H_uu, H_uv, H_vv):
@@ -585,7 +531,7 @@ class PersonalizedLogistic(PersonalizedProblem):
         """Coupling of the Hessian at the optimum: ``max_i ||H_uv_i|| / sqrt(max_i L_u,i * max_i L_v,i)``."""
         u, V, _ = self.optimum
         H_uu, H_uv, H_vv = self.client_hessians(u, V)
-        return float(_spectral_norm(H_uv).max() / np.sqrt(_lambda_max(H_uu).max() * _lambda_max(H_vv).max()))
+        return float(spectral_norm(H_uv).max() / np.sqrt(lambda_max(H_uu).max() * lambda_max(H_vv).max()))
 
     def _solve(self):
         from scipy.optimize import minimize
@@ -610,17 +556,3 @@ class PersonalizedLogistic(PersonalizedProblem):
 
 def _sigmoid(t):
     return 0.5 * (1.0 + np.tanh(0.5 * t))
-
-
-#: Names that lived in this module before it was split; they now live beside it.
-_MOVED = {"make_least_squares": "generators", "make_logistic": "generators", "run": "driver", "Trajectory": "driver"}
-
-
-def __getattr__(name):
-    """``pfedest.theory.problems.run`` and the others that moved: found where they live now, with a warning."""
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    new = f"pfedest.theory.{_MOVED[name]}"
-    warnings.warn(f"{__name__}.{name} has moved to {new}.{name}; import it from there or from pfedest.theory.",
-                  FutureWarning, stacklevel=2)
-    return getattr(importlib.import_module(new), name)
