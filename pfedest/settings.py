@@ -97,9 +97,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("clip_grad_norm", None, [None, _POSITIVE], "training", "run_config"),
     Setting("personal_l2", 0.0, [Interval(Real, 0, None, closed="left")], "training", "run_config"),
     Setting("personal_l2_target", "zero", [StrOptions({"zero", "init"})], "training", "run_config"),
-    Setting("callbacks", None, [None, list, tuple], "session", "ignored"),
+    # the Flower app runs no callbacks: an EarlyStopping or a Checkpoint that silently does nothing
+    # there deserves a warning
+    Setting("callbacks", None, [None, list, tuple], "session", "unsupported"),
     Setting("warm_start", False, ["boolean"], "session", "ignored"),
     Setting("verbose", 0, ["verbose"], "session", "ignored"),
+    # also the run config's seed (an int random_state keys the draws as the app's seed does)
     Setting("random_state", None, ["random_state"], "training", "model"),
 )
 
@@ -146,7 +149,7 @@ def by_role(role: str) -> tuple[str, ...]:
     >>> by_role("plan")
     ('n_rounds', 'pretrain_rounds', 'finetune_epochs')
     >>> by_role("flower:unsupported")
-    ('pretrain_rounds', 'finetune_epochs')
+    ('pretrain_rounds', 'finetune_epochs', 'callbacks')
     """
     if role.startswith("flower:"):
         kind = role.split(":", 1)[1]

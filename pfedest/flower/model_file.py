@@ -41,9 +41,7 @@ MODEL_FILE = "model.json"
 #: The estimator parameters ``model.json`` holds: the network's, and those the run config carries out.
 CARRIED = by_role("flower:model") + by_role("flower:run_config")
 #: Parameters the app leaves alone without a warning: they do not change what a run computes.
-#: ``callbacks`` is left out although the registry files it under ``"ignored"``: the app runs none,
-#: and an ``EarlyStopping`` or a ``Checkpoint`` that silently does nothing deserves the warning.
-SILENTLY_IGNORED = tuple(name for name in by_role("flower:ignored") if name != "callbacks")
+SILENTLY_IGNORED = by_role("flower:ignored")
 _SERVER_DEFAULTS = ServerOptimizer()  # the betas and eps of every server optimizer a run config makes
 
 
