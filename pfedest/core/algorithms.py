@@ -92,8 +92,8 @@ def sgd_gradients(loss: LossFn, shared: Params, personal: Params, idx: torch.Ten
     -------
     grads : dict of int to dict
         Block (``0`` shared, ``1`` personal) to its gradients.
-    stats : tuple of Tensor
-        The minibatch's ``(loss sum, row count)`` before the step.
+    stats : (Tensor, Tensor)
+        ``(loss sum, row count)`` of the minibatch, at the parameters given.
 
     Examples
     --------

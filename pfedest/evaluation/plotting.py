@@ -252,12 +252,8 @@ def plot_client_scatter(report, *, ax=None, title: str | None = None, label: str
 
     Parameters
     ----------
-    report : ClientReport
-        From :func:`pfedest.evaluation.report.client_report` with a baseline.
-    ax : matplotlib Axes, default=None
-    title : str, default=None
-    label, baseline_label : str
-        Names of the two models, for the axes.
+    report, ax, title, label, baseline_label
+        As in :func:`plot_client_change` (``title`` defaults to none here).
 
     Returns
     -------
@@ -270,9 +266,9 @@ def plot_client_scatter(report, *, ax=None, title: str | None = None, label: str
     >>> from sklearn.dummy import DummyClassifier
     >>> from sklearn.tree import DecisionTreeClassifier
     >>> from pfedest.evaluation.report import client_report
-    >>> X, y, c = [[0], [1], [2], [3], [4], [5]], [0, 0, 1, 1, 0, 1], [0, 0, 1, 1, 2, 2]
-    >>> report = client_report(DecisionTreeClassifier(random_state=0).fit(X, y), X, y, c,
-    ...                        baseline=DummyClassifier().fit(X, y), as_frame=False)
+    >>> X, y, c = [[0], [1], [2], [3]], [0, 1, 1, 1], ["a", "a", "b", "b"]
+    >>> tree, majority = DecisionTreeClassifier(random_state=0).fit(X, y), DummyClassifier().fit(X, y)
+    >>> report = client_report(tree, X, y, c, baseline=majority, as_frame=False)
     >>> ax = plot_client_scatter(report, label="tree", baseline_label="majority")
     >>> ax.get_xlabel(), ax.get_ylabel()
     ('majority accuracy', 'tree accuracy')

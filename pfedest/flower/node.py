@@ -123,13 +123,8 @@ def personal_metrics(template, X: np.ndarray, y: np.ndarray, shared: Params, per
 
     Parameters
     ----------
-    template : PartialPersonalizedClassifier
-        An estimator with the network, initialized or fitted
-        (:meth:`~pfedest.flower.model_file.ModelSpec.template`).
-    X, y : ndarray
-        Rows and labels (labels among ``template.classes_``).
-    shared, personal : dict of str to Tensor
-        The shared parameters and one node's personal ones.
+    template, X, y, shared, personal
+        As in :func:`local_round`: the network, the rows, the model to score.
 
     Returns
     -------

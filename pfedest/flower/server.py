@@ -132,11 +132,8 @@ def server_app(app_dir):
 
     Examples
     --------
-    Building the app needs ``flwr`` (``pip install "pfedest[flower]"``) but no federation:
-
-    >>> import pytest
-    >>> flwr = pytest.importorskip("flwr")
-    >>> import tempfile
+    >>> import pytest, tempfile
+    >>> flwr = pytest.importorskip("flwr")  # building the app needs flwr, but no federation
     >>> from pfedest import PartialPersonalizedClassifier
     >>> from pfedest.flower import export_app
     >>> app = export_app(PartialPersonalizedClassifier(hidden_layer_sizes=(4,)), tempfile.mkdtemp(),

@@ -146,14 +146,14 @@ class InputSplit(_LayerSplit):
     Parameters
     ----------
     fraction : float in (0, 1], default=None
-        If given, the fewest leading layers whose share of all parameters reaches ``fraction``
-        are personal (at least the input layer, never every layer).
+        As :class:`HeadSplit`'s, counting layers from the input (at least the input layer).
 
     Examples
     --------
     >>> from pfedest.nn.modules import MLP
-    >>> InputSplit().personal_names(MLP(4, 3, (8,)))
-    ['net.0.weight', 'net.0.bias']
+    >>> deeper = MLP(4, 3, (8, 8))  # layers of 40, 72 and 27 parameters
+    >>> InputSplit().personal_names(deeper), InputSplit(fraction=0.5).personal_names(deeper)[2:]
+    (['net.0.weight', 'net.0.bias'], ['net.2.weight', 'net.2.bias'])
     """
 
     def _ordered_layers(self, module):

@@ -229,9 +229,8 @@ def trajectory_bound(problem: PersonalizedProblem, trajectory: Trajectory) -> np
     --------
     >>> from pfedest.theory import make_least_squares, run
     >>> p = make_least_squares(n_clients=2, n_samples_per_client=10, random_state=0)
-    >>> lr_u, lr_v = theory_step_sizes(p, eta=0.5)
-    >>> traj = run(p, "fedalt", 3, lr_shared=lr_u, lr_personal=lr_v, random_state=0)
-    >>> bool(np.all(traj.running_mean() <= trajectory_bound(p, traj)))
+    >>> steps = dict(zip(["lr_shared", "lr_personal"], theory_step_sizes(p, eta=0.5)))
+    >>> bool(np.all(run(p, "fedalt", 3, **steps).running_mean() <= trajectory_bound(p, run(p, "fedalt", 3, **steps))))
     True
     """
     return descent_bound(problem, trajectory.algorithm, trajectory.lr_shared, trajectory.lr_personal,
@@ -305,12 +304,8 @@ def round_jacobian(problem: PersonalizedProblem, algorithm: str, lr_shared: floa
 
     Parameters
     ----------
-    problem : PersonalizedProblem
-    algorithm : {"fedalt", "fedsim"}
-    lr_shared, lr_personal : float
-        ``gamma_u``, ``gamma_v``.
-    local_steps : int or (int, int), default=1
-        As in :func:`reference_round`.
+    problem, algorithm, lr_shared, lr_personal, local_steps
+        The round, as in :func:`reference_round`.
     eps : float, default=1e-6
         Step of the central differences.
 
