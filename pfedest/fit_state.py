@@ -64,11 +64,12 @@ class ClientData:
     offsets: np.ndarray
 
     @classmethod
-    def from_rows(cls, X: np.ndarray, codes: np.ndarray, rows: np.ndarray, n_clients: int, device) -> "ClientData":
-        """``X`` and label ``codes`` sorted by ``rows`` (each row's client index), on ``device``."""
+    def from_rows(cls, X: np.ndarray, codes: np.ndarray, rows: np.ndarray, n_clients: int, device,
+                  dtype: torch.dtype = torch.float32) -> "ClientData":
+        """``X`` (as ``dtype``) and label ``codes`` sorted by ``rows`` (each row's client index), on ``device``."""
         order = np.argsort(rows, kind="stable")
         counts = np.bincount(rows, minlength=n_clients)
-        return cls(X=torch.as_tensor(np.ascontiguousarray(X[order]), dtype=torch.float32, device=device),
+        return cls(X=torch.as_tensor(np.ascontiguousarray(X[order]), dtype=dtype, device=device),
                    y=torch.as_tensor(codes[order], dtype=torch.int64, device=device),
                    counts=counts, offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]))
 
