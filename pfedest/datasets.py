@@ -1,4 +1,4 @@
-"""Federated data sets that need no download."""
+"""Federated data sets that need no download, a way to deal any data set to clients, and the LEAF reader."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sklearn.utils import check_random_state
 
 def make_shifted_clients(n_clients: int = 20, n_samples_per_client=(20, 80), n_features: int = 20,
                          n_classes: int = 5, class_sep: float = 1.0, label_shift: float = 0.5,
-                         feature_shift: float = 1.0, random_state=None):
+                         feature_shift: float = 1.0, shuffle: bool = True, random_state=None):
     """Gaussian classes shared by all clients, with a per-client shift that personalization can fix.
 
     Every class has one mean shared by all clients. Each client then (a) adds its own offset to the
@@ -29,6 +29,9 @@ def make_shifted_clients(n_clients: int = 20, n_samples_per_client=(20, 80), n_f
         Probability that a client permutes the labels.
     feature_shift : float, default=1.0
         Scale of each client's feature offset.
+    shuffle : bool, default=True
+        Return the rows in random order (as ``make_classification`` does), so that scikit-learn's
+        plain ``cv=5`` folds hold rows of every client; ``False`` groups them by client.
     random_state : int, RandomState instance or None, default=None
 
     Returns
@@ -36,6 +39,7 @@ def make_shifted_clients(n_clients: int = 20, n_samples_per_client=(20, 80), n_f
     X : ndarray of shape (n_samples, n_features), float32
     y : ndarray of shape (n_samples,), int
     client_ids : ndarray of shape (n_samples,), int
+        The same rows whatever ``shuffle`` says; only their order differs.
 
     Examples
     --------
@@ -62,7 +66,19 @@ def make_shifted_clients(n_clients: int = 20, n_samples_per_client=(20, 80), n_f
         Xs.append(means[latent] + rng.standard_normal((n, n_features)) + offset)
         ys.append(labels[latent])
         cs.append(np.full(n, client))
-    return np.concatenate(Xs).astype(np.float32), np.concatenate(ys), np.concatenate(cs)
+    return _in_order(rng, shuffle, np.concatenate(Xs).astype(np.float32), np.concatenate(ys), np.concatenate(cs))
+
+
+def _in_order(rng, shuffle: bool, *arrays):
+    """``arrays`` with their rows in one random order (``shuffle``) or as they are.
+
+    The permutation is drawn after everything else, so the rows themselves do not depend on
+    ``shuffle``.
+    """
+    if not shuffle:
+        return arrays
+    order = rng.permutation(len(arrays[0]))
+    return tuple(a[order] for a in arrays)
 
 
 def _power_law_sizes(rng, n_clients: int, n_samples_per_client) -> np.ndarray:
@@ -80,7 +96,7 @@ def _power_law_sizes(rng, n_clients: int, n_samples_per_client) -> np.ndarray:
 
 def make_federated_classification(n_clients: int = 30, alpha: float = 1.0, beta: float = 1.0, *,
                                   n_samples_per_client=(50, 1000), n_features: int = 60, n_classes: int = 10,
-                                  iid: bool = False, random_state=None):
+                                  iid: bool = False, shuffle: bool = True, random_state=None):
     """The Synthetic(alpha, beta) benchmark of FedProx: per-client linear models and input distributions.
 
     Client ``k`` labels its rows with its own softmax-linear model, ``y = argmax(W_k x + b_k)``, where
@@ -106,6 +122,8 @@ def make_federated_classification(n_clients: int = 30, alpha: float = 1.0, beta:
     iid : bool, default=False
         The paper's IID control: one model ``W, b`` with standard normal entries for all clients,
         and inputs ``N(0, Sigma)`` everywhere; ``alpha`` and ``beta`` are then ignored.
+    shuffle : bool, default=True
+        Rows in random order; ``False`` groups them by client.
     random_state : int, RandomState instance or None, default=None
 
     Returns
@@ -114,7 +132,6 @@ def make_federated_classification(n_clients: int = 30, alpha: float = 1.0, beta:
     y : ndarray of shape (n_samples,), int
         Labels in ``0 .. n_classes - 1``; a client may not use all of them.
     client_ids : ndarray of shape (n_samples,), int
-        Rows are grouped by client.
 
     Notes
     -----
@@ -152,12 +169,12 @@ def make_federated_classification(n_clients: int = 30, alpha: float = 1.0, beta:
         Xs.append(X)
         ys.append(np.argmax(X @ W + b, axis=1))
         cs.append(np.full(n, client))
-    return np.concatenate(Xs).astype(np.float32), np.concatenate(ys), np.concatenate(cs)
+    return _in_order(rng, shuffle, np.concatenate(Xs).astype(np.float32), np.concatenate(ys), np.concatenate(cs))
 
 
 def load_federated_digits(n_clients: int = 30, *, label_shift: float = 0.5, rotation_shift: float = 0.0,
                           min_samples_per_client: int = 10, size_concentration: float = 1.0,
-                          as_images: bool = False, random_state=None):
+                          as_images: bool = False, shuffle: bool = True, random_state=None):
     """scikit-learn's bundled handwritten digits, dealt to clients that each see them their own way.
 
     The 1,797 8x8 digit images (``sklearn.datasets.load_digits``, shipped with scikit-learn, no
@@ -191,6 +208,8 @@ def load_federated_digits(n_clients: int = 30, *, label_shift: float = 0.5, rota
     as_images : bool, default=False
         Return ``X`` of shape ``(n_samples, 8, 8)`` (the estimator then builds a small CNN)
         instead of 64 flat features.
+    shuffle : bool, default=True
+        Rows in random order; ``False`` groups them by client.
     random_state : int, RandomState instance or None, default=None
 
     Returns
@@ -200,7 +219,6 @@ def load_federated_digits(n_clients: int = 30, *, label_shift: float = 0.5, rota
     y : ndarray of shape (n_samples,), int
         The digit as each client labels it.
     client_ids : ndarray of shape (n_samples,), int
-        Rows are grouped by client.
 
     Examples
     --------
@@ -237,7 +255,180 @@ def load_federated_digits(n_clients: int = 30, *, label_shift: float = 0.5, rota
         Xs.append(np.rot90(images[rows], k=quarter_turns, axes=(1, 2)))
         ys.append(labels[target[rows]])
     X = np.concatenate(Xs).astype(np.float32)
-    return (X if as_images else X.reshape(n_rows, 64)), np.concatenate(ys), np.repeat(np.arange(n_clients), sizes)
+    return _in_order(rng, shuffle, X if as_images else X.reshape(n_rows, 64), np.concatenate(ys),
+                     np.repeat(np.arange(n_clients), sizes))
+
+
+_FEATURE_TRANSFORMS = ("affine", "permute")
+
+
+def federate(X, y, n_clients: int = 20, *, label_shift: float = 0.0, feature_shift: float = 0.0,
+             feature_transform="affine", label_skew: float | None = None, size_concentration: float | None = None,
+             min_samples_per_client: int = 2, n_small_clients: int = 0, small_client_size: int = 3,
+             shuffle: bool = True, random_state=None):
+    """Deal a data set's rows to clients, with the shifts that personalization is for.
+
+    Every row goes to exactly one client. How many rows each client gets, which classes, and how
+    it sees them are set by independent options; with their defaults the rows are dealt at random
+    in (near) equal shares and no client differs from another.
+
+    - **Sizes** (unequal clients): ``size_concentration`` draws the shares of the rows beyond
+      ``min_samples_per_client`` from a symmetric Dirichlet distribution (small values: a few
+      large clients, many small ones); ``n_small_clients`` clients get only
+      ``small_client_size`` rows each.
+    - **Label skew**: ``label_skew`` draws each client's class proportions from a symmetric
+      Dirichlet distribution with that concentration (0.1: one or two classes per client; 10:
+      nearly the overall mix) and deals its rows by them, as far as the classes' rows last.
+    - **Concept shift**: a share ``label_shift`` of the clients relabel the classes with their own
+      permutation (never the identity): the same input, another label. A personal output layer
+      (``split="head"``) can learn it.
+    - **Covariate shift**: a share ``feature_shift`` of the clients (chosen independently) see
+      their features through their own transform: ``"affine"``, ``x * a + b`` per feature with
+      ``log a ~ N(0, 0.5^2)`` and ``b ~ N(0, s^2)``, ``s`` the feature's standard deviation over
+      all rows; ``"permute"``, the features in the client's own order (pixels shuffled one way per
+      client); or a callable ``f(X_client, rng)`` returning the client's transformed rows. A
+      personal input layer (``split="input"``) can undo the first two.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, ...)
+        Numeric rows (features, or images: transforms act on the flattened row).
+    y : array-like of shape (n_samples,)
+        Labels, of any type; a permutation maps the labels present in ``y`` onto themselves.
+    n_clients : int, default=20
+    label_shift : float in [0, 1], default=0.0
+        Share of clients (rounded to the nearest count) that permute the labels.
+    feature_shift : float in [0, 1], default=0.0
+        Share of clients (rounded) whose features are transformed.
+    feature_transform : {"affine", "permute"} or callable, default="affine"
+    label_skew : float > 0 or None, default=None
+        Dirichlet concentration of each client's class proportions; ``None`` deals the rows at
+        random, whatever their class.
+    size_concentration : float > 0 or None, default=None
+        Dirichlet concentration of the client sizes; ``None``: equal sizes (up to one row).
+    min_samples_per_client : int, default=2
+        Rows every client other than the small ones gets at least.
+    n_small_clients : int, default=0
+        Clients that get only ``small_client_size`` rows.
+    small_client_size : int, default=3
+    shuffle : bool, default=True
+        Rows in random order (scikit-learn's plain ``cv=5`` folds then hold rows of every client);
+        ``False`` groups them by client.
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, ...)
+        The rows, transformed where a client's features are (as floats); the input's dtype
+        otherwise.
+    y : ndarray of shape (n_samples,)
+        Each row's label as its client names it.
+    client_ids : ndarray of shape (n_samples,), int
+        Clients ``0 .. n_clients - 1``.
+
+    Notes
+    -----
+    Scale the features before dealing them (digit pixels ``/ 16``, ``StandardScaler`` for tabular
+    data): the affine transform is relative to each feature's spread, and the estimator's default
+    learning rate assumes features of order one.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_wine
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> X, y = load_wine(return_X_y=True)
+    >>> X, y, c = federate(StandardScaler().fit_transform(X), y, n_clients=6, label_shift=0.5,
+    ...                    label_skew=1.0, random_state=0)
+    >>> X.shape, sorted(set(c.tolist())), len(set(y.tolist()))
+    ((178, 13), [0, 1, 2, 3, 4, 5], 3)
+    """
+    X, y = np.asarray(X), np.asarray(y)
+    n = len(X)
+    if X.ndim < 2 or y.shape != (n,):
+        raise ValueError(f"X must have a row per sample (2 or more dimensions) and y one label per row; got X of "
+                         f"shape {X.shape} and y of shape {y.shape}.")
+    if not isinstance(n_clients, (int, np.integer)) or n_clients < 1:
+        raise ValueError(f"n_clients must be a positive integer, got {n_clients!r}.")
+    for name, value in (("label_shift", label_shift), ("feature_shift", feature_shift)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name} is a share of the clients and must be in [0, 1], got {value!r}.")
+    for name, value in (("label_skew", label_skew), ("size_concentration", size_concentration)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} is a Dirichlet concentration and must be > 0 (or None), got {value!r}.")
+    if not (callable(feature_transform) or feature_transform in _FEATURE_TRANSFORMS):
+        raise ValueError(f"feature_transform must be one of {_FEATURE_TRANSFORMS} or a callable f(X_client, rng), "
+                         f"got {feature_transform!r}.")
+    if not 0 <= n_small_clients <= n_clients or small_client_size < 1 or min_samples_per_client < 1:
+        raise ValueError(f"need 0 <= n_small_clients <= n_clients and positive sizes; got n_small_clients="
+                         f"{n_small_clients!r}, small_client_size={small_client_size!r}, "
+                         f"min_samples_per_client={min_samples_per_client!r}.")
+    n_large = n_clients - n_small_clients
+    rest = n - n_small_clients * small_client_size
+    if rest < n_large * min_samples_per_client or (n_large == 0 and rest != 0):
+        raise ValueError(f"{n} rows cannot give {n_small_clients} client(s) {small_client_size} rows and "
+                         f"{n_large} more at least {min_samples_per_client}; lower n_clients or the sizes.")
+    rng = check_random_state(random_state)
+    sizes = np.full(n_clients, small_client_size)
+    large = np.sort(rng.permutation(n_clients)[n_small_clients:])
+    if n_large:
+        extra = rest - n_large * min_samples_per_client
+        if size_concentration is None:
+            shares = np.full(n_large, extra // n_large) + (rng.permutation(n_large) < extra % n_large)
+        else:
+            shares = rng.multinomial(extra, rng.dirichlet(np.full(n_large, float(size_concentration))))
+        sizes[large] = min_samples_per_client + shares
+    classes, codes = np.unique(y, return_inverse=True)
+    client = _deal(rng, codes, len(classes), sizes, label_skew)
+
+    y_out, X_out = y.copy(), X.copy()
+    relabelled = rng.choice(n_clients, int(round(label_shift * n_clients)), replace=False)
+    transformed = rng.choice(n_clients, int(round(feature_shift * n_clients)), replace=False)
+    if len(transformed) and X_out.dtype.kind not in "fc":
+        X_out = X_out.astype(np.float64)
+    flat = X_out.reshape(n, -1)
+    spread = flat.std(axis=0) if len(transformed) else None
+    for k in relabelled:
+        rows = client == k
+        permutation = np.arange(len(classes))
+        while len(classes) > 1 and np.array_equal(permutation, np.arange(len(classes))):
+            permutation = rng.permutation(len(classes))
+        y_out[rows] = classes[permutation[codes[rows]]]
+    for k in transformed:
+        rows = client == k
+        if callable(feature_transform):
+            flat[rows] = np.asarray(feature_transform(X_out[rows], rng)).reshape(rows.sum(), -1)
+        elif feature_transform == "affine":
+            scale = np.exp(0.5 * rng.standard_normal(flat.shape[1]))
+            flat[rows] = flat[rows] * scale + rng.standard_normal(flat.shape[1]) * spread
+        else:
+            flat[rows] = flat[rows][:, rng.permutation(flat.shape[1])]
+    order = np.argsort(client, kind="stable")
+    return _in_order(rng, shuffle, flat.reshape(X_out.shape)[order], y_out[order], client[order])
+
+
+def _deal(rng, codes: np.ndarray, n_classes: int, sizes: np.ndarray, label_skew) -> np.ndarray:
+    """The client of each row: ``sizes[k]`` rows to client ``k``, by class proportions if ``label_skew``.
+
+    With label skew the clients take their rows one at a time, in a random interleaving, each
+    drawing the class by its own proportions among the classes that still have rows left (so the
+    last rows of a class go to whoever still wants them).
+    """
+    n = len(codes)
+    client = np.empty(n, dtype=np.int64)
+    if label_skew is None:
+        client[rng.permutation(n)] = np.repeat(np.arange(len(sizes)), sizes)
+        return client
+    proportions = np.nan_to_num(rng.dirichlet(np.full(n_classes, float(label_skew)), size=len(sizes)))
+    pools = [list(rng.permutation(np.flatnonzero(codes == c))) for c in range(n_classes)]
+    left = np.array([len(p) for p in pools], dtype=float)
+    for k in rng.permutation(np.repeat(np.arange(len(sizes)), sizes)):
+        weights = proportions[k] * (left > 0)
+        if not weights.sum() > 0:
+            weights = left  # the client's own classes are used up: take what is left
+        c = rng.choice(n_classes, p=weights / weights.sum())
+        client[pools[c].pop()] = k
+        left[c] -= 1
+    return client
 
 
 def load_leaf(path, *, max_clients: int | None = None, x_shape: tuple[int, ...] | None = None,

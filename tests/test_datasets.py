@@ -4,21 +4,29 @@ import json
 
 import numpy as np
 import pytest
+import sklearn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, KFold
 
-from pfedest.datasets import load_federated_digits, load_leaf, make_federated_classification, make_shifted_clients
+from pfedest import HeadSplit, PartialPersonalizedClassifier
+from pfedest.datasets import (federate, load_federated_digits, load_leaf, make_federated_classification,
+                              make_shifted_clients)
 
 
 # ------------------------------------------------------------------- Synthetic
 def test_synthetic_shapes_types_sizes_and_reproducibility():
-    X, y, c = make_federated_classification(n_clients=12, n_samples_per_client=(20, 300), random_state=1)
-    again = make_federated_classification(n_clients=12, n_samples_per_client=(20, 300), random_state=1)
+    X, y, c = make_federated_classification(n_clients=12, n_samples_per_client=(20, 300), shuffle=False,
+                                            random_state=1)
+    again = make_federated_classification(n_clients=12, n_samples_per_client=(20, 300), shuffle=False,
+                                          random_state=1)
     assert X.dtype == np.float32 and X.shape[1] == 60
     assert set(np.unique(y)) <= set(range(10))
     sizes = np.bincount(c)
     assert len(sizes) == 12 and sizes.min() >= 20 and sizes.max() <= 300
-    assert np.all(np.diff(c) >= 0)  # rows grouped by client
+    assert np.all(np.diff(c) >= 0)  # shuffle=False: rows grouped by client
     for a, b in zip((X, y, c), again):
         np.testing.assert_array_equal(a, b)
 
@@ -130,6 +138,167 @@ def test_digits_is_reproducible_and_refuses_impossible_settings():
 def test_shifted_clients_are_unchanged():
     X, y, c = make_shifted_clients(n_clients=3, n_samples_per_client=10, random_state=0)
     assert X.shape == (30, 20) and np.bincount(c).tolist() == [10, 10, 10]
+
+
+# ----------------------------------------------------------------------- federate
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_federate_deals_every_row_once_and_relabels_each_client_consistently(data):
+    n_clients = data.draw(st.integers(1, 8), label="n_clients")
+    n_small = data.draw(st.integers(0, n_clients), label="n_small_clients")
+    small = data.draw(st.integers(1, 4), label="small_client_size")
+    minimum = data.draw(st.integers(1, 5), label="min_samples_per_client")
+    n_large = n_clients - n_small
+    n = n_small * small + n_large * minimum + (data.draw(st.integers(0, 60), label="extra") if n_large else 0)
+    names = np.array(list("abcde"))
+    y = names[data.draw(st.lists(st.integers(0, 4), min_size=n, max_size=n), label="y")]
+    label_shift = data.draw(st.floats(0, 1), label="label_shift")
+    options = dict(label_shift=label_shift, min_samples_per_client=minimum, n_small_clients=n_small,
+                   small_client_size=small, shuffle=data.draw(st.booleans(), label="shuffle"),
+                   label_skew=data.draw(st.none() | st.floats(0.05, 20), label="label_skew"),
+                   size_concentration=data.draw(st.none() | st.floats(0.1, 20), label="size_concentration"))
+    X = np.arange(n, dtype=float)[:, None]  # the original row number, untouched without feature_shift
+    X_out, y_out, c = federate(X, y, n_clients, random_state=data.draw(st.integers(0, 2**31 - 1)), **options)
+
+    rows = X_out[:, 0].astype(int)
+    np.testing.assert_array_equal(np.sort(rows), np.arange(n))  # every row dealt once
+    sizes = np.bincount(c, minlength=n_clients)
+    assert len(sizes) == n_clients and sizes.min() >= 1  # every client gets rows
+    assert (sizes == small).sum() >= n_small
+    large = np.sort(sizes)
+    for _ in range(n_small):
+        large = np.delete(large, np.flatnonzero(large == small)[0])
+    assert large.size == 0 or large.min() >= minimum
+    if options["size_concentration"] is None and large.size:
+        assert large.max() - large.min() <= 1
+    if not options["shuffle"]:
+        assert np.all(np.diff(c) >= 0)
+    relabelled = 0
+    for k in range(n_clients):
+        pairs = set(zip(y[rows[c == k]].tolist(), y_out[c == k].tolist()))
+        before, after = [b for b, _ in pairs], [a for _, a in pairs]
+        assert len(set(before)) == len(set(after)) == len(pairs)  # a permutation of the labels
+        assert set(after) <= set(y.tolist())
+        relabelled += any(b != a for b, a in pairs)
+    assert relabelled <= int(round(label_shift * n_clients))
+
+
+def test_federate_relabels_that_share_of_clients_never_with_the_identity():
+    y = np.arange(200) % 2  # two classes: a random permutation would be the identity half the time
+    X_out, y_out, c = federate(np.arange(200.0)[:, None], y, n_clients=10, label_shift=0.3, random_state=0)
+    truth = y[X_out[:, 0].astype(int)]
+    flipped = [np.array_equal(y_out[c == k], 1 - truth[c == k]) for k in range(10)]
+    kept = [np.array_equal(y_out[c == k], truth[c == k]) for k in range(10)]
+    assert sum(flipped) == 3 and sum(kept) == 7
+
+
+def test_label_skew_concentrates_clients_on_few_classes_and_size_concentration_makes_sizes_unequal():
+    X, y = DIGITS.data / 16, DIGITS.target
+
+    def top_two_share(**kwargs):  # mean share of a client's rows in its two largest classes
+        _, y_out, c = federate(X, y, n_clients=20, random_state=0, **kwargs)
+        share = [np.sort(np.bincount(y_out[c == k]))[-2:].sum() / np.sum(c == k) for k in range(20)]
+        return np.mean(share), np.bincount(c)
+
+    skewed, sizes = top_two_share(label_skew=0.1)
+    mixed, _ = top_two_share()
+    assert skewed > 0.7 and mixed < 0.35 and np.ptp(sizes) <= 1  # ten classes near equal: 0.2
+    _, unequal = top_two_share(size_concentration=0.5, min_samples_per_client=5)
+    assert unequal.min() >= 5 and unequal.max() > 4 * np.median(unequal)
+
+
+@pytest.mark.parametrize("transform", ["affine", "permute"])
+def test_feature_shift_transforms_that_share_of_clients_each_its_own_way(transform):
+    X = np.random.default_rng(0).standard_normal((120, 5))
+    X_out, y_out, c = federate(X, np.arange(120), n_clients=6, feature_shift=0.5, feature_transform=transform,
+                               random_state=1)
+    shifted = 0
+    for k in range(6):
+        before, after = X[y_out[c == k]], X_out[c == k]  # y = row number
+        if np.array_equal(before, after):
+            continue
+        shifted += 1
+        if transform == "affine":  # after = before * a + b, one (a, b) per feature
+            for j in range(5):
+                a, b = np.polyfit(before[:, j], after[:, j], 1)
+                np.testing.assert_allclose(before[:, j] * a + b, after[:, j], atol=1e-9)
+                assert a > 0
+        else:  # one column order for all the client's rows
+            order = [int(np.flatnonzero(before[0] == v)[0]) for v in after[0]]
+            np.testing.assert_array_equal(before[:, order], after)
+    assert shifted == 3
+
+
+def test_feature_transform_may_be_a_callable_and_images_keep_their_shape():
+    images = DIGITS.images[:200] / 16
+    X_out, _, c = federate(images, DIGITS.target[:200], n_clients=4, feature_shift=0.5,
+                           feature_transform=lambda rows, rng: np.rot90(rows, 1, axes=(1, 2)), random_state=0)
+    assert X_out.shape == (200, 8, 8)
+    untouched = {image.tobytes() for image in images}
+    assert sum(X_out[c == k][0].tobytes() not in untouched for k in range(4)) == 2
+    permuted, _, _ = federate(images, DIGITS.target[:200], n_clients=4, feature_shift=1.0,
+                              feature_transform="permute", random_state=0)
+    assert permuted.shape == (200, 8, 8)
+
+
+def test_federate_is_reproducible_and_keeps_integer_features_unless_it_transforms_them():
+    X, y = DIGITS.data.astype(int), DIGITS.target
+    first = federate(X, y, n_clients=7, label_skew=0.5, label_shift=0.5, random_state=3)
+    for a, b in zip(first, federate(X, y, n_clients=7, label_skew=0.5, label_shift=0.5, random_state=3)):
+        np.testing.assert_array_equal(a, b)
+    assert first[0].dtype == X.dtype
+    assert federate(X, y, n_clients=7, feature_shift=0.5, random_state=3)[0].dtype == np.float64
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n_clients": 0}, "n_clients must be a positive integer"),
+    ({"label_shift": 1.5}, r"label_shift is a share of the clients and must be in \[0, 1\], got 1.5"),
+    ({"label_skew": 0.0}, "label_skew is a Dirichlet concentration"),
+    ({"feature_transform": "rotate"}, "feature_transform must be one of"),
+    ({"n_clients": 5, "n_small_clients": 6}, "n_small_clients <= n_clients"),
+    ({"n_clients": 6, "min_samples_per_client": 5}, "lower n_clients or the sizes"),
+])
+def test_federate_refuses_impossible_settings_and_says_which(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        federate(np.zeros((20, 2)), np.arange(20) % 2, **kwargs)
+    with pytest.raises(ValueError, match="one label per row"):
+        federate(np.zeros((20, 2)), np.zeros(19))
+
+
+# ------------------------------------------------------------ shuffled rows and plain cross-validation
+GENERATORS = {
+    "shifted": lambda **kw: make_shifted_clients(n_clients=5, n_samples_per_client=(10, 20), **kw),
+    "synthetic": lambda **kw: make_federated_classification(n_clients=5, n_samples_per_client=(10, 40),
+                                                            n_features=4, **kw),
+    "digits": lambda **kw: load_federated_digits(n_clients=5, **kw),
+    "federate": lambda **kw: federate(DIGITS.data[:300] / 16, DIGITS.target[:300], n_clients=5, label_shift=0.4,
+                                      feature_shift=0.4, label_skew=1.0, **kw),
+}
+
+
+def sorted_rows(X, y, c):
+    table = np.column_stack([c, y, X.reshape(len(X), -1)])
+    return table[np.lexsort(table.T[::-1])]
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_rows_come_shuffled_by_default_the_same_rows_grouped_on_request(name):
+    shuffled = GENERATORS[name](random_state=0)
+    grouped = GENERATORS[name](shuffle=False, random_state=0)
+    assert np.all(np.diff(grouped[2]) >= 0)
+    np.testing.assert_array_equal(sorted_rows(*shuffled), sorted_rows(*grouped))
+    X, _, c = shuffled
+    for train, test in KFold(2).split(X):  # scikit-learn's plain folds: every client on both sides
+        assert set(c[train]) == set(c[test]) == set(c)
+
+
+def test_grid_search_with_plain_cv_scores_every_candidate():
+    X, y, c = load_federated_digits(n_clients=10, random_state=0)
+    est = PartialPersonalizedClassifier(split=HeadSplit(), n_rounds=2, hidden_layer_sizes=(16,), random_state=0)
+    with sklearn.config_context(enable_metadata_routing=True):
+        search = GridSearchCV(est, {"split__fraction": [0.1, 0.5]}, cv=2, error_score="raise")
+        search.fit(X, y, client_ids=c)
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
 
 
 # ----------------------------------------------------------------------- LEAF
