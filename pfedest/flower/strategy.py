@@ -2,16 +2,23 @@
 
 It subclasses ``flwr.serverapp.strategy.FedAvg``, so this module imports Flower at its top; the rest
 of :mod:`pfedest.flower` imports it only when a ServerApp runs (and ``pfedest.flower.PersonalizedFedAvg``
-on first use). The replies are read here: a train reply is accepted only if it holds exactly the
-shared parameters, and the accepted ones become one weighted mean
-(:class:`pfedest.core.server.WeightedAverage`) and one server step
-(:func:`pfedest.core.rounds.server_update`), as in the simulator's round.
+on first use). The replies are read here, and nothing a node sends is trusted: a train reply is
+accepted only if it holds exactly the shared parameters, each a ``.npy`` array of the model's
+dtype and shape (checked in its header before it is read) with finite values no larger than
+:data:`MAX_ABS_VALUE`, and a whole ``num-examples`` from 1 to :data:`MAX_NUM_EXAMPLES`; an
+evaluate reply only if its ``accuracy`` lies in [0, 1] and its ``loss`` is finite. The accepted
+train replies become one weighted mean (:class:`pfedest.core.server.WeightedAverage`) and one
+server step (:func:`pfedest.core.rounds.server_update`), as in the simulator's round; a step that
+would make any shared parameter non-finite is refused, and the round keeps the previous ones.
 """
 
 from __future__ import annotations
 
+import copy
+import io
 import logging
 import math
+import numbers
 import time
 from typing import Dict, Optional, Sequence
 
@@ -27,10 +34,18 @@ from ..core.types import Params
 from .records import ARRAYS_KEY, CONFIG_KEY, to_record, to_tensors
 from .settings import RunSettings
 
-__all__ = ["PersonalizedFedAvg"]
+__all__ = ["PersonalizedFedAvg", "MAX_NUM_EXAMPLES", "MAX_ABS_VALUE"]
 
 # A child of Flower's logger, so that messages show in `flwr run --stream` and the SuperLink log.
 logger = logging.getLogger("flwr.pfedest")
+
+#: The most examples a reply may claim (its weight in the mean): more rows than a node holds, and
+#: few enough that the weighted sum of float32 parameters cannot overflow.
+MAX_NUM_EXAMPLES = 2**31 - 1
+#: The largest magnitude a parameter in a reply, or an evaluation loss, may have: far beyond any
+#: trained network's weights, and small enough that ``MAX_NUM_EXAMPLES`` replies of it sum to a
+#: finite float32.
+MAX_ABS_VALUE = 1e15
 
 
 class PersonalizedFedAvg(FedAvg):
@@ -46,16 +61,25 @@ class PersonalizedFedAvg(FedAvg):
       their ``partition-id`` (learnt from their replies; before a round that samples only some
       nodes, the server asks those it does not know yet with a query message, and leaves out
       of the round any that does not answer), so that the sample is the estimator's;
-    - refuses a reply unless it holds exactly the shared parameters (names, shapes, finite
-      values) and a positive ``num-examples``; a refused or failed reply is left out of the round;
+    - refuses a reply unless it holds exactly the shared parameters, of the model's names,
+      shapes and dtypes, with finite values of magnitude at most :data:`MAX_ABS_VALUE`, and a
+      whole ``num-examples`` from 1 to :data:`MAX_NUM_EXAMPLES` (and, where present, an integer
+      ``partition-id`` >= 0 and finite ``train-loss-sum`` and ``train-rows`` >= 0); a refused or
+      failed reply is left out of the round, and the reason goes into its record
+      (:meth:`check_train_reply`);
     - averages the accepted replies in the order of their ``partition-id``, weighted by
       ``num-examples`` (or equally, with ``settings.weighting="uniform"``), with
       :class:`pfedest.core.server.WeightedAverage`, then takes the server step with its
       :class:`pfedest.core.server.ServerOptimizer` (``server_optimizer``, ``server_lr``,
       ``server_momentum``; plain ``u + server_lr * (mean - u)`` by default), whose state (momentum,
-      Adam's moments) it keeps from round to round;
+      Adam's moments) it keeps from round to round. If the step would make any shared parameter
+      NaN or infinite, the round is refused: the shared parameters and the optimizer's state stay
+      as they were, and the round's record says why (``refused``);
+    - averages the evaluate replies' ``accuracy`` and ``loss`` weighted by ``num-examples``,
+      leaving out, with the reason in the record, any that lacks them or holds an accuracy
+      outside [0, 1] or a loss that is not finite (:meth:`check_evaluate_reply`);
     - keeps a record of every round in :attr:`rounds`: which nodes were asked, which replied
-      with which keys and sizes, which failed and why.
+      with which keys and sizes, which were refused or failed and why.
 
     Parameters
     ----------
@@ -71,6 +95,7 @@ class PersonalizedFedAvg(FedAvg):
                          min_available_nodes=settings.min_nodes, arrayrecord_key=ARRAYS_KEY,
                          configrecord_key=CONFIG_KEY)
         self.layout = {k: tuple(v.shape) for k, v in shared.items()}
+        self.dtypes = {k: np.dtype(torch.empty(0, dtype=v.dtype).numpy().dtype) for k, v in shared.items()}
         self.settings = settings
         self.on_round = on_round
         self.rounds: list[dict] = []
@@ -161,25 +186,78 @@ class PersonalizedFedAvg(FedAvg):
                     len(self.rounds[-1]["connected"]))
         return self._instructions(sampled, MessageType.TRAIN, server_round, arrays, config)
 
-    def _refuse(self, content) -> Optional[str]:
-        """Why a train reply cannot be averaged, or ``None``."""
+    def check_train_reply(self, content) -> Params:
+        """The shared parameters of a train reply, checked; a ``ValueError`` says why it is refused.
+
+        The reply must hold one ``ArrayRecord`` with exactly the shared parameters (each a
+        ``.npy`` array of the model's dtype and shape, finite, no larger than :data:`MAX_ABS_VALUE`)
+        and one ``MetricRecord`` with a whole ``num-examples`` from 1 to :data:`MAX_NUM_EXAMPLES`;
+        ``partition-id``, ``train-loss-sum`` and ``train-rows``, where present, must be an
+        integer >= 0 and finite numbers >= 0.
+
+        Parameters
+        ----------
+        content : flwr.app.RecordDict
+            The reply's content.
+
+        Returns
+        -------
+        dict of str to Tensor
+        """
         if len(content.array_records) != 1 or len(content.metric_records) != 1:
-            return (f"expected one ArrayRecord and one MetricRecord, got {len(content.array_records)} "
-                    f"and {len(content.metric_records)}")
+            raise ValueError(f"expected one ArrayRecord and one MetricRecord, got {len(content.array_records)} "
+                             f"and {len(content.metric_records)}")
         arrays = next(iter(content.array_records.values()))
         keys = set(arrays.keys())
         if keys != set(self.layout):
-            return (f"holds keys other than the shared parameters: unexpected {sorted(keys - set(self.layout))}, "
-                    f"missing {sorted(set(self.layout) - keys)}")
-        for k, a in arrays.items():
-            if tuple(a.shape) != self.layout[k]:
-                return f"{k} has shape {tuple(a.shape)}, expected {self.layout[k]}"
-            if not np.isfinite(a.numpy()).all():
-                return f"{k} is not finite"
-        n = next(iter(content.metric_records.values())).get(self.weighted_by_key)
-        if not isinstance(n, (int, float)) or not n > 0 or not math.isfinite(n):
-            return f"{self.weighted_by_key}={n!r} is not a positive number"
-        return None
+            raise ValueError(f"holds keys other than the shared parameters: unexpected "
+                             f"{sorted(keys - set(self.layout))}, missing {sorted(set(self.layout) - keys)}")
+        metrics = dict(next(iter(content.metric_records.values())))
+        _count(metrics, self.weighted_by_key)
+        _partition(metrics)
+        for key in ("train-loss-sum", "train-rows"):
+            if key in metrics and not (_finite(metrics[key]) and metrics[key] >= 0):
+                raise ValueError(f"{key}={metrics[key]!r} is not a finite number >= 0")
+        params = {}
+        for k in sorted(self.layout):
+            try:
+                params[k] = torch.from_numpy(_read_array(arrays[k], self.dtypes[k], self.layout[k]))
+            except ValueError as exc:
+                raise ValueError(f"{k} {exc}") from None
+        return params
+
+    def check_evaluate_reply(self, content) -> dict:
+        """``num-examples``, ``accuracy`` and ``loss`` of an evaluate reply, checked; a ``ValueError``
+        says why it is left out of the mean.
+
+        The reply must hold one ``MetricRecord`` with a whole ``num-examples`` from 1 to
+        :data:`MAX_NUM_EXAMPLES`, an ``accuracy`` in [0, 1] and a finite ``loss`` from 0 to
+        :data:`MAX_ABS_VALUE`; a ``partition-id``, where present, must be an integer >= 0.
+
+        Parameters
+        ----------
+        content : flwr.app.RecordDict
+            The reply's content.
+
+        Returns
+        -------
+        dict
+            ``num_examples`` (int), ``accuracy`` and ``loss`` (floats).
+        """
+        if len(content.metric_records) != 1:
+            raise ValueError(f"expected one MetricRecord, got {len(content.metric_records)}")
+        metrics = dict(next(iter(content.metric_records.values())))
+        n = _count(metrics, "num-examples")
+        _partition(metrics)
+        for key in ("accuracy", "loss"):
+            if key not in metrics:
+                raise ValueError(f"{key} is missing")
+        accuracy, loss = metrics["accuracy"], metrics["loss"]
+        if not (_finite(accuracy) and 0 <= accuracy <= 1):
+            raise ValueError(f"accuracy={accuracy!r} is not a number from 0 to 1")
+        if not (_finite(loss) and 0 <= loss <= MAX_ABS_VALUE):
+            raise ValueError(f"loss={loss!r} is not a finite number >= 0")
+        return {"num_examples": n, "accuracy": float(accuracy), "loss": float(loss)}
 
     def aggregate_train(self, server_round, replies):
         record = self.rounds[-1]
@@ -189,19 +267,23 @@ class PersonalizedFedAvg(FedAvg):
             if msg.has_error():
                 record["failures"].append(self._failure(msg))
                 continue
-            reason = self._refuse(msg.content)
+            try:
+                params, reason = self.check_train_reply(msg.content), None
+            except ValueError as exc:
+                params, reason = None, str(exc)
             arrays = list(msg.content.array_records.values())
             metrics = self._metrics(msg)
-            self._learn_partition(msg.metadata.src_node_id, metrics)
+            if reason is None:  # a refused reply teaches nothing, not even its partition-id
+                self._learn_partition(msg.metadata.src_node_id, metrics)
             record["replies"].append({
                 "node": node, "partition_id": metrics.get("partition-id"),
                 "num_examples": metrics.get(self.weighted_by_key),
                 "keys": sorted(k for a in arrays for k in a.keys()),
-                "bytes": int(sum(len(x.data) for a in arrays for x in a.values())),
+                "bytes": int(sum(len(getattr(x, "data", b"")) for a in arrays for x in a.values())),
                 "personal_source": metrics.get("personal-source"), "accepted": reason is None,
                 "reason": reason})
             if reason is None:
-                accepted.append((metrics, arrays[0], node))
+                accepted.append((metrics, params, node))
             else:
                 logger.warning("Round %d: refused the reply of node %s: %s", server_round, node, reason)
         record["missing"] = sorted(set(record["sampled"]) - {r["node"] for r in record["replies"]}
@@ -214,21 +296,33 @@ class PersonalizedFedAvg(FedAvg):
             return None, None
         # A fixed order (by partition) makes the average independent of the arrival order.
         accepted.sort(key=lambda item: (item[0].get("partition-id", -1), item[2]))
-        replies = [to_tensors(a) for _, a, _ in accepted]
         uniform = self.settings.weighting == "uniform"
         average = WeightedAverage()
-        average.add({k: torch.stack([r[k] for r in replies]) for k in self.layout},
+        average.add({k: torch.stack([p[k] for _, p, _ in accepted]) for k in self.layout},
                     torch.tensor([1.0 if uniform else float(m[self.weighted_by_key]) for m, _, _ in accepted]))
+        before = copy.deepcopy(self.server.state_dict())
         new_shared = server_update(self.server, self._current, average.mean())
         loss_sum = sum(float(m.get("train-loss-sum", 0.0)) for m, _, _ in accepted)
         rows = sum(float(m.get("train-rows", 0.0)) for m, _, _ in accepted)
-        record.update(train_loss=loss_sum / rows if rows else None, n_accepted=len(accepted),
+        train_loss = loss_sum / rows if rows and math.isfinite(loss_sum / rows) else None
+        record.update(train_loss=train_loss, n_accepted=len(accepted),
                       clients=[m.get("partition-id") for m, _, _ in accepted],
                       bytes_up=int(sum(r["bytes"] for r in record["replies"] if r["accepted"])),
                       finished=time.time())
+        broken = sorted(k for k, v in new_shared.items() if not torch.isfinite(v).all())
+        if broken:
+            # Neither saved nor sent: the round keeps the previous parameters and optimizer state.
+            self.server.load_state_dict(before)
+            record["refused"] = (f"the server step would make {', '.join(broken)} NaN or infinite "
+                                 f"(server-optimizer={self.settings.server_optimizer!r}, "
+                                 f"server-lr={self.settings.server_lr}); the shared parameters stay as they were")
+            logger.warning("Round %d: refused: %s.", server_round, record["refused"])
+            if self.on_round:
+                self.on_round(record, self._current)
+            return None, None
         if self.on_round:
             self.on_round(record, new_shared)
-        metrics = MetricRecord({"train-loss": record["train_loss"] if record["train_loss"] is not None else 0.0,
+        metrics = MetricRecord({"train-loss": train_loss if train_loss is not None else 0.0,
                                 "nodes": len(accepted)})
         return to_record(new_shared), metrics
 
@@ -239,26 +333,99 @@ class PersonalizedFedAvg(FedAvg):
         return self._instructions(sorted(grid.get_node_ids()), MessageType.EVALUATE, server_round, arrays, config)
 
     def aggregate_evaluate(self, server_round, replies):
-        per_node, failures = [], []
+        per_node, failures, usable = [], [], []
         for msg in replies:
             if msg.has_error():
                 failures.append(self._failure(msg))
                 continue
             m = self._metrics(msg)
+            try:
+                usable.append(self.check_evaluate_reply(msg.content))
+                reason = None
+            except ValueError as exc:
+                reason = str(exc)
+                logger.warning("Round %d: left the evaluation of node %s out: %s", server_round,
+                               msg.metadata.src_node_id, reason)
             per_node.append({"node": str(msg.metadata.src_node_id), "partition_id": m.get("partition-id"),
                              "num_examples": m.get("num-examples"), "accuracy": m.get("accuracy"),
-                             "loss": m.get("loss"), "personal_source": m.get("personal-source")})
+                             "loss": m.get("loss"), "personal_source": m.get("personal-source"),
+                             "accepted": reason is None, "reason": reason})
         record = next((r for r in self.rounds if r["round"] == server_round), None)
         if record is not None:
-            record["evaluation"] = sorted(per_node, key=lambda r: (r["partition_id"] is None, r["partition_id"]))
+            record["evaluation"] = sorted(per_node, key=_by_partition)
             record["evaluation_failures"] = failures
             if self.on_round:
                 self.on_round(record, None)
-        usable = [r for r in per_node if isinstance(r["num_examples"], (int, float)) and r["num_examples"] > 0]
         if not usable:
             return None
         average = WeightedAverage()  # the nodes' metrics weighted by their rows, in float64
-        average.add({k: torch.tensor([float(r[k]) for r in usable], dtype=torch.float64) for k in ("accuracy", "loss")},
+        average.add({k: torch.tensor([r[k] for r in usable], dtype=torch.float64) for k in ("accuracy", "loss")},
                     torch.tensor([float(r["num_examples"]) for r in usable], dtype=torch.float64))
         return MetricRecord({k: float(v) for k, v in average.mean().items()})
 
+
+def _finite(value) -> bool:
+    """A real number (not a bool) that is finite."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return isinstance(value, numbers.Integral) or math.isfinite(value)
+
+
+def _count(metrics: dict, key: str) -> int:
+    """``metrics[key]`` as a number of examples; a ``ValueError`` unless it is a whole number in range."""
+    if key not in metrics:
+        raise ValueError(f"{key} is missing")
+    n = metrics[key]
+    if not (_finite(n) and n == int(n) and 1 <= n <= MAX_NUM_EXAMPLES):
+        raise ValueError(f"{key}={n!r} is not a whole number from 1 to {MAX_NUM_EXAMPLES}")
+    return int(n)
+
+
+def _partition(metrics: dict) -> Optional[int]:
+    """A reply's ``partition-id`` (``None`` if absent); a ``ValueError`` unless an integer >= 0."""
+    pid = metrics.get("partition-id")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, numbers.Integral) or pid < 0):
+        raise ValueError(f"partition-id={pid!r} is not an integer >= 0")
+    return pid
+
+
+def _by_partition(entry: dict) -> tuple:
+    """Sort key of a record's entries: valid partition ids first, in order; any other value after."""
+    pid = entry.get("partition_id")
+    valid = isinstance(pid, numbers.Integral) and not isinstance(pid, bool)
+    return (not valid, pid if valid else 0, entry["node"])
+
+
+def _read_array(array, dtype: np.dtype, shape: tuple) -> np.ndarray:
+    """The values of a reply's Flower ``Array``; a ``ValueError`` unless it is a ``.npy`` array of
+    ``dtype`` and ``shape`` with finite values no larger than :data:`MAX_ABS_VALUE`.
+
+    The ``.npy`` header is checked before any data is read (it may claim any size), and the data is
+    read without pickle.
+    """
+    stype, data = getattr(array, "stype", None), getattr(array, "data", None)
+    if stype != "numpy.ndarray" or not isinstance(data, bytes):
+        raise ValueError(f"is not a numpy array (stype {stype!r})")
+    header = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(header)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f"format version {version}")
+        got_shape, _, got_dtype = read_header(header)
+    except Exception as exc:  # numpy raises ValueError, EOFError or struct errors on a bad header
+        raise ValueError(f"is not a readable .npy array ({exc})") from None
+    if got_dtype != dtype:
+        raise ValueError(f"has dtype {got_dtype}, expected {dtype}")
+    if tuple(got_shape) != shape:
+        raise ValueError(f"has shape {tuple(got_shape)}, expected {shape}")
+    try:
+        values = np.ascontiguousarray(np.lib.format.read_array(io.BytesIO(data), allow_pickle=False))
+    except Exception as exc:
+        raise ValueError(f"is not a readable .npy array ({exc})") from None
+    if not np.isfinite(values).all():
+        raise ValueError("is not finite")
+    if values.size and float(np.abs(values).max()) > MAX_ABS_VALUE:
+        raise ValueError(f"holds values beyond {MAX_ABS_VALUE:g} in magnitude")
+    return values
