@@ -205,6 +205,11 @@ def load_result(result_dir, state_dirs: Iterable = ()):
 
     Notes
     -----
+    Nothing in the folders is unpickled or run: ``model.json`` is read as JSON and may name only
+    classes (:mod:`pfedest.flower.model_file`), the ``.npz`` files are read without pickle, and
+    parameters of another name, shape or dtype than the model's, or NaN or infinite ones, are
+    refused with a ``ValueError`` naming the file.
+
     The estimator is the stored configuration initialized on one row per class (its public
     ``initialize``, so that every fitted attribute exists and is consistent), then its
     ``shared_params_``, ``personal_params_`` and ``clients_`` are replaced by the run's.
@@ -237,7 +242,10 @@ def load_result(result_dir, state_dirs: Iterable = ()):
             raise FileNotFoundError(f"No personal parameters of this app ({spec.app_id}) in {state_dir}: "
                                     f"expected {path.name}.")
         personal, meta = read_npz(path)
-        pid = meta["partition_id"]
+        pid = meta.get("partition_id")
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise ValueError(f"{path} has no valid partition_id in its meta (got {pid!r}): it is not a node's "
+                             "state file, or it was damaged.")
         if pid in nodes:
             raise ValueError(f"Two state dirs hold partition {pid}: {nodes[pid][0]} and {state_dir}.")
         check_layout(f"The personal parameters in {path}", personal, spec.personal)

@@ -3,19 +3,40 @@
 :func:`write_model` writes it from an estimator, fitted (the app continues from its parameters) or
 only configured (the app starts from its initial weights); :func:`read_model` reads it back into a
 :class:`ModelSpec`. It holds the estimator's parameters that the app carries out (the registry's
-``"flower:model"`` and ``"flower:run_config"`` settings, :mod:`pfedest.settings`): plain values as
-JSON, others (a module, a split object, a schedule) pickled; the labels, the shape of one row, and
-the starting shared and personal parameters. :func:`check_layout` refuses parameters of another
-layout than the model's, wherever they come from.
+``"flower:model"`` and ``"flower:run_config"`` settings, :mod:`pfedest.settings`), the labels, the
+shape of one row, and the starting shared and personal parameters. :func:`check_layout` refuses
+parameters of another layout than the model's, wherever they come from.
+
+``model.json`` is JSON and nothing else: it names code, it never holds it, and it is read without
+pickle (a result folder is data; reading one must not run code from it). A parameter that is
+not a plain value travels as
+
+- a class, by its import path ``"module:qualname"``: a torch module class (``module=MyNet``,
+  called as ``MyNet(n_features, n_classes)``) or a scikit-learn-style class;
+- a scikit-learn-style object (a :class:`~pfedest.Split`, a schedule of
+  :mod:`pfedest.core.schedules`, a :class:`~pfedest.core.server.ServerOptimizer`, or one of your
+  own with ``get_params``), as its class's import path and its ``get_params(deep=False)``,
+  rebuilt as ``cls(**params)``;
+- a ``functools.partial`` of a torch module class with such arguments (a factory:
+  ``module=partial(MyNet, width=64)``).
+
+Refused at export, with a message that says what to pass instead: a module *instance* (its
+constructor's arguments cannot be known; pass its class or a ``partial``), a function or lambda
+(a file that names a function to call could make every node, or :func:`load_result
+<pfedest.flower.app.load_result>`, call any function of the installed packages), and anything
+defined in ``__main__`` or not importable by its name. When read, every path must import to a
+class of those two kinds, so a crafted file can name no other code; reading one imports the
+packages it names, as the app's own modules do.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import importlib
 import inspect
 import json
-import pickle
+import re
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -25,6 +46,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 
 from ..core.server import ServerOptimizer
 from ..core.types import Params
@@ -34,8 +56,11 @@ from .settings import schedule_fields
 __all__ = ["MODEL_FORMAT", "MODEL_FILE", "CARRIED", "SILENTLY_IGNORED", "write_model", "read_model", "ModelSpec",
            "check_layout"]
 
-#: The ``format`` of a ``model.json``; :func:`read_model` refuses any other.
-MODEL_FORMAT = "pfedest-flower-model/1"
+#: The ``format`` of a ``model.json``; :func:`read_model` refuses any other (and reads files of
+#: format ``pfedest-flower-model/1``, which stored objects as pickles, only if they hold none).
+MODEL_FORMAT = "pfedest-flower-model/2"
+_READ_FORMATS = (MODEL_FORMAT, "pfedest-flower-model/1")
+_IMPORT_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 #: The model file's name, in the app's package and in the result folder.
 MODEL_FILE = "model.json"
 #: The estimator parameters ``model.json`` holds: the network's, and those the run config carries out.
@@ -51,7 +76,10 @@ def _encode_array(t: torch.Tensor) -> dict:
 
 
 def _decode_array(d: Mapping) -> torch.Tensor:
-    a = np.frombuffer(base64.b64decode(d["data"]), dtype=np.dtype(d["dtype"])).reshape(d["shape"])
+    dtype = np.dtype(d["dtype"])
+    if dtype.kind not in "biuf":
+        raise ValueError(f"an array of dtype {dtype}, not a number type")
+    a = np.frombuffer(base64.b64decode(d["data"], validate=True), dtype=dtype).reshape(d["shape"])
     return torch.from_numpy(a.copy())
 
 
@@ -66,24 +94,112 @@ def _defined_in_main(obj) -> bool:
     return getattr(owner, "__module__", None) == "__main__"
 
 
-def _encode_object(name: str, value) -> dict:
-    """A non-plain estimator parameter (a module, a split object, a callable) as a pickle.
+def _nameable(obj) -> bool:
+    """A class that ``model.json`` may name: a torch module class or a scikit-learn-style class."""
+    return inspect.isclass(obj) and issubclass(obj, (torch.nn.Module, BaseEstimator))
 
-    The app's code runs on every node anyway; what matters is that the classes it names can be
-    imported there, which fails for anything defined in a script's ``__main__``.
-    """
-    if _defined_in_main(value):
-        raise ValueError(f"{name}={value!r} is defined in __main__, which the Flower nodes cannot import; "
+
+def _path_of(name: str, cls) -> str:
+    """The import path of ``cls``, checked to import back to it where the nodes run the same code."""
+    if _defined_in_main(cls):
+        raise ValueError(f"{name}: {cls.__qualname__} is defined in __main__, which the Flower nodes cannot import; "
                          "define it in a module that is installed on every node.")
+    path = f"{cls.__module__}:{cls.__qualname__}"
     try:
-        data = pickle.dumps(value)
+        found = _import(path)
+    except Exception:
+        found = None
+    if found is not cls:
+        raise ValueError(f"{name}: {cls!r} cannot be imported by its name {path!r} (is it defined inside a "
+                         "function?); define it at the top level of a module installed on every node.")
+    return path
+
+
+def _encode_value(name: str, value):
+    """``value`` as JSON that names code but holds none (see the module's notes); ``ValueError`` otherwise."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list):
+        return [_encode_value(name, v) for v in value]
+    if isinstance(value, tuple):
+        return {"tuple": [_encode_value(name, v) for v in value]}
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"dict": {k: _encode_value(f"{name}[{k!r}]", v) for k, v in value.items()}}
+    if _nameable(value):
+        return {"import": _path_of(name, value)}
+    if isinstance(value, functools.partial) and inspect.isclass(value.func) and issubclass(value.func, torch.nn.Module):
+        return {"partial": _path_of(name, value.func), "args": [_encode_value(name, v) for v in value.args],
+                "keywords": {k: _encode_value(f"{name}.{k}", v) for k, v in value.keywords.items()}}
+    if isinstance(value, BaseEstimator) and not isinstance(value, torch.nn.Module):
+        return {"class": _path_of(name, type(value)),
+                "params": {k: _encode_value(f"{name}.{k}", v) for k, v in value.get_params(deep=False).items()}}
+    if isinstance(value, torch.nn.Module):
+        raise ValueError(f"{name} is a module instance ({type(value).__name__}), which model.json cannot hold: it "
+                         "stores no code and no pickle, and an instance's constructor arguments are not known. Pass "
+                         "its class (called as cls(n_features, n_classes)) or a functools.partial of the class with "
+                         "the other arguments.")
+    if callable(value):
+        raise ValueError(f"{name}={value!r} is a function, which model.json does not name: a file that names "
+                         "a function to call could make the nodes call any function. Pass a class instead: for a "
+                         "module, a torch module class or a functools.partial of one; for a split, a Split "
+                         "object (NameSplit(patterns=[...]) or a Split subclass of your own).")
+    raise ValueError(f"{name}={value!r} ({type(value).__name__}) cannot travel in model.json: use plain values, "
+                     "a torch module class, or a scikit-learn-style object of an installed module.")
+
+
+def _import_class(path) -> type:
+    """The class at import path ``path``; ``ValueError`` unless it is one that ``model.json`` may name."""
+    if not isinstance(path, str) or not _IMPORT_PATH.fullmatch(path):
+        raise ValueError(f"{path!r} is not an import path 'module:qualname'")
+    try:
+        obj = _import(path)
     except Exception as exc:
-        raise ValueError(f"{name}={value!r} cannot be pickled into the Flower app: {exc}") from exc
-    return {"pickle": base64.b64encode(data).decode("ascii")}
+        raise ValueError(f"{path} cannot be imported here ({type(exc).__name__}: {exc})") from exc
+    if not _nameable(obj):
+        raise ValueError(f"{path} is not a torch module class or a scikit-learn-style class, the only code "
+                         "model.json may name")
+    return obj
 
 
-def _decode_object(d: Mapping):
-    return pickle.loads(base64.b64decode(d["pickle"]))
+def _decode_value(value):
+    """The inverse of :func:`_encode_value`; ``ValueError`` on anything it does not write (a pickle above all)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list):
+        return [_decode_value(v) for v in value]
+    if isinstance(value, dict) and "pickle" in value:
+        raise ValueError("it holds a pickled object (model.json of an older pfedest), which is never read: "
+                         "write the model again with pfedest.flower.write_model or export_app")
+    tags = set(value) if isinstance(value, dict) else set()
+    if tags == {"tuple"} and isinstance(value["tuple"], list):
+        return tuple(_decode_value(v) for v in value["tuple"])
+    if tags == {"dict"} and isinstance(value["dict"], dict):
+        return {k: _decode_value(v) for k, v in value["dict"].items()}
+    if tags == {"import"}:
+        return _import_class(value["import"])
+    if tags == {"partial", "args", "keywords"} and isinstance(value["args"], list) and isinstance(
+            value["keywords"], dict):
+        cls = _import_class(value["partial"])
+        if not issubclass(cls, torch.nn.Module):
+            raise ValueError(f"{value['partial']} is not a torch module class")
+        return functools.partial(cls, *map(_decode_value, value["args"]),
+                                 **{k: _decode_value(v) for k, v in value["keywords"].items()})
+    if tags == {"class", "params"} and isinstance(value["params"], dict):
+        cls = _import_class(value["class"])
+        if not issubclass(cls, BaseEstimator) or issubclass(cls, torch.nn.Module):
+            raise ValueError(f"{value['class']} is not a scikit-learn-style class")
+        return cls(**{k: _decode_value(v) for k, v in value["params"].items()})
+    raise ValueError(f"it holds a value it cannot read: {json.dumps(value)[:200]}")
+
+
+def _import_estimator(path):
+    """The estimator class of ``model.json``: a scikit-learn estimator with ``initialize``."""
+    cls = _import_class(path)
+    if not (issubclass(cls, BaseEstimator) and callable(getattr(cls, "initialize", None))):
+        raise ValueError(f"{path} is not a pfedest estimator class")
+    return cls
 
 
 def _defaults(cls) -> dict:
@@ -160,7 +276,10 @@ def write_model(estimator, path, *, classes=None, n_features=None) -> Path:
         if _plain(value):
             plain[name] = list(value) if isinstance(value, tuple) else value
         else:
-            objects[name] = _encode_object(name, value)
+            objects[name] = _encode_value(name, value)
+            if _encode_value(name, _decode_value(objects[name])) != objects[name]:
+                raise ValueError(f"{name}={value!r} does not come back as itself from its class and "
+                                 "get_params(); model.json can carry only objects that do.")
     if fitted:
         if classes is not None and not np.array_equal(np.asarray(classes), estimator.classes_):
             raise ValueError(f"classes={list(classes)!r} differ from the fitted estimator's classes_ "
@@ -246,7 +365,8 @@ class ModelSpec:
     estimator : dict
         The estimator's JSON-able parameters.
     objects : dict
-        Its other parameters (modules, splits), encoded.
+        Its other parameters (module classes, split objects, ...), as JSON that names their
+        classes (see the module's notes).
     classes : ndarray
         The labels.
     input_shape : tuple of int
@@ -284,14 +404,14 @@ class ModelSpec:
                                                          list(self.input_shape), self.estimator_class]))
 
     def estimator_params(self) -> dict:
-        """The estimator parameters stored in the model (objects unpickled)."""
+        """The estimator parameters stored in the model (objects rebuilt from their classes and parameters)."""
         return _decode_params(self.estimator, self.objects)
 
 
 def _decode_params(plain: Mapping, objects: Mapping, names: Optional[tuple] = None) -> dict:
-    """The estimator parameters of ``model.json`` (those in ``names`` only, if given), objects unpickled."""
+    """The estimator parameters of ``model.json`` (those in ``names`` only, if given), objects rebuilt."""
     params = {k: v for k, v in plain.items() if names is None or k in names}
-    params.update({k: _decode_object(v) for k, v in objects.items() if names is None or k in names})
+    params.update({k: _decode_value(v) for k, v in objects.items() if names is None or k in names})
     if "hidden_layer_sizes" in params:
         params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
     return params
@@ -300,7 +420,8 @@ def _decode_params(plain: Mapping, objects: Mapping, names: Optional[tuple] = No
 @lru_cache(maxsize=8)
 def _template_cached(app_id: str, key: str):
     estimator, objects, classes, input_shape, cls_path = json.loads(key)
-    template = _build_template(_import(cls_path), estimator, objects, np.asarray(classes), tuple(input_shape))
+    template = _build_template(_import_estimator(cls_path), estimator, objects, np.asarray(classes),
+                               tuple(input_shape))
     return template
 
 
@@ -334,25 +455,35 @@ def read_model(path) -> ModelSpec:
     >>> read_model(other)
     Traceback (most recent call last):
     ...
-    ValueError: ... is not a pfedest Flower model (format 'something-else', expected 'pfedest-flower-model/1').
+    ValueError: ... is not a pfedest Flower model (format 'something-else', expected 'pfedest-flower-model/2').
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No Flower model file at {path}; write one with pfedest.flower.write_model "
                                 "or export_app.")
-    raw = json.loads(path.read_text())
-    if raw.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not a pfedest Flower model (format {raw.get('format')!r}, expected "
+    try:
+        raw = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a pfedest Flower model: it is not JSON ({exc}).") from exc
+    if not isinstance(raw, dict) or raw.get("format") not in _READ_FORMATS:
+        found = raw.get("format") if isinstance(raw, dict) else None
+        raise ValueError(f"{path} is not a pfedest Flower model (format {found!r}, expected "
                          f"{MODEL_FORMAT!r}).")
-    return ModelSpec(
-        app_id=raw["app_id"], estimator_class=raw["estimator_class"], estimator=raw["estimator"],
-        objects=raw["objects"], classes=np.asarray(raw["classes"]), input_shape=tuple(raw["input_shape"]),
-        shared={k: _decode_array(v) for k, v in raw["shared"].items()},
-        personal={k: _decode_array(v) for k, v in raw["personal"].items()})
+    try:
+        spec = ModelSpec(
+            app_id=str(raw["app_id"]), estimator_class=raw["estimator_class"], estimator=dict(raw["estimator"]),
+            objects=dict(raw["objects"]), classes=np.asarray(raw["classes"]), input_shape=tuple(raw["input_shape"]),
+            shared={k: _decode_array(v) for k, v in raw["shared"].items()},
+            personal={k: _decode_array(v) for k, v in raw["personal"].items()})
+        _import_estimator(spec.estimator_class)
+        spec.estimator_params()  # every object rebuilt once: a file that names other code fails here
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path} cannot be read as a pfedest Flower model: {exc}") from exc
+    return spec
 
 
 def check_layout(name: str, params: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
-    """Refuse parameters whose names or shapes differ from the model's.
+    """Refuse parameters whose names, shapes or dtypes differ from the model's, or that are not finite.
 
     Parameters
     ----------
@@ -368,7 +499,8 @@ def check_layout(name: str, params: Mapping[str, torch.Tensor], expected: Mappin
     Raises
     ------
     ValueError
-        Naming the missing and unexpected names, or the first array of another shape.
+        Naming the missing and unexpected names, or the first array of another shape or dtype, or
+        with NaN or infinite values.
 
     Examples
     --------
@@ -376,6 +508,10 @@ def check_layout(name: str, params: Mapping[str, torch.Tensor], expected: Mappin
     Traceback (most recent call last):
     ...
     ValueError: The shared parameters: w has shape (2,), the model has (3,).
+    >>> check_layout("The shared parameters", {"w": torch.tensor([0.0, float("nan")])}, {"w": torch.zeros(2)})
+    Traceback (most recent call last):
+    ...
+    ValueError: The shared parameters: w holds NaN or infinite values.
     """
     if set(params) != set(expected):
         missing, extra = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
@@ -383,5 +519,9 @@ def check_layout(name: str, params: Mapping[str, torch.Tensor], expected: Mappin
     for k, v in params.items():
         if tuple(v.shape) != tuple(expected[k].shape):
             raise ValueError(f"{name}: {k} has shape {tuple(v.shape)}, the model has {tuple(expected[k].shape)}.")
+        if v.dtype != expected[k].dtype:
+            raise ValueError(f"{name}: {k} has dtype {v.dtype}, the model has {expected[k].dtype}.")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"{name}: {k} holds NaN or infinite values.")
 
 

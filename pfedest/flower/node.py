@@ -6,7 +6,8 @@ A node is a SuperNode with node config ``partition-id`` (its client in the feder
 simulator's own :func:`pfedest.core.rounds.draw_batches` and :func:`pfedest.core.rounds.client_updates`
 for this one client, and replies with the shared parameters only. The personal parameters stay on
 the node (:class:`NodeStore`): in ``context.state`` for the run, and in a file of the node's
-``state-dir``, so a restarted node resumes with them.
+``state-dir``, so a restarted node resumes with them. That file is read without pickle; a damaged
+one is set aside and the node's personal part starts afresh (see :class:`NodeStore`).
 
 Flower is imported only inside the handlers and :func:`client_app`.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -40,8 +42,13 @@ __all__ = ["STATE_KEY", "SOURCES", "local_round", "personal_metrics", "digest", 
 
 #: The key of the node's personal parameters in its ``context.state``.
 STATE_KEY = "pfedest.personal"
-#: Where the personal parameters of a node came from at the start of a round (a reply's ``personal-source``).
-SOURCES = {"init": 0, "state": 1, "disk": 2}
+#: Where the personal parameters of a node came from at the start of a round (a reply's
+#: ``personal-source``): the model's initial ones, ``context.state``, the node's file, or the initial
+#: ones because the file was damaged (``"reset"``; the file is set aside).
+SOURCES = {"init": 0, "state": 1, "disk": 2, "reset": 3}
+
+# A child of Flower's logger, so that messages show in the SuperNode's log.
+logger = logging.getLogger("flwr.pfedest")
 
 
 def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal: Params, settings: RunSettings,
@@ -189,6 +196,16 @@ class NodeStore:
     resumes with them. Every update also appends a line to ``pfedest-<app id>.log.jsonl``: the round,
     where the parameters came from, and digests of them before and after.
 
+    The file is read without pickle. A damaged one (empty, truncated, not an ``.npz`` of numbers,
+    without its meta, of other names, shapes or dtypes than the model's, or holding NaN or
+    infinite values) is renamed to ``<name>.damaged-<time>``, a warning and a log line say why,
+    and the node starts its personal part afresh from the model's (source ``"reset"``): the
+    atomic writes mean that no crash leaves such a file, so it was damaged from outside, and the
+    checkpoints' rule applies (a bad file is skipped; with no good one, training starts over) so
+    that one node's disk does not keep it out of every later round. A file of another
+    partition is not damage but a misconfigured ``state-dir`` (two nodes sharing one): that is
+    refused with a ``ValueError``, and nothing is overwritten.
+
     Parameters
     ----------
     state_dir : str or Path
@@ -223,24 +240,58 @@ class NodeStore:
         return f"pfedest-{app_id}.npz"
 
     def load(self, context, initial: Params) -> tuple[Params, str]:
-        """The personal parameters and where they came from: ``"state"``, ``"disk"`` or ``"init"``."""
+        """The personal parameters and where they came from: ``"state"``, ``"disk"``, ``"init"``
+        or ``"reset"`` (the file was damaged: set aside, and the initial ones used)."""
         if STATE_KEY in context.state:
-            personal, source = to_tensors(context.state.array_records[STATE_KEY]), "state"
-        elif self.file.is_file():
-            personal, source = self.read(), "disk"
-        else:
+            personal = to_tensors(context.state.array_records[STATE_KEY])
+            check_layout("The personal parameters in context.state", personal, initial)
+            return personal, "state"
+        if not self.file.is_file():
             return {k: v.clone() for k, v in initial.items()}, "init"
-        check_layout(f"The personal parameters in {self.file if source == 'disk' else 'context.state'}",
-                     personal, initial)
-        return personal, source
+        try:  # a file of another partition raises: it is not damaged, the state-dir is shared
+            personal = self.read()
+            self._check(f"The personal parameters in {self.file}", personal, initial)
+        except _Damaged as exc:
+            self._set_aside(str(exc))
+            return {k: v.clone() for k, v in initial.items()}, "reset"
+        return personal, "disk"
 
     def read(self) -> Params:
-        """The personal parameters in the node's file."""
-        personal, meta = read_npz(self.file)
-        if meta["partition_id"] != self.partition_id:
-            raise ValueError(f"{self.file} holds the personal parameters of partition {meta['partition_id']}, "
-                             f"but this node is partition {self.partition_id}.")
+        """The personal parameters in the node's file.
+
+        Raises a ``ValueError`` naming the file and what is wrong if it cannot be read or has no
+        valid meta, and one naming both partitions if it holds another partition's parameters.
+        """
+        try:
+            personal, meta = read_npz(self.file)
+        except ValueError as exc:
+            raise _Damaged(str(exc)) from exc
+        pid = meta.get("partition_id")
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise _Damaged(f"{self.file} has no valid partition_id in its meta (got {pid!r}).")
+        if pid != self.partition_id:
+            raise ValueError(f"{self.file} holds the personal parameters of partition {pid}, but this node is "
+                             f"partition {self.partition_id}: give each node a state-dir of its own.")
         return personal
+
+    @staticmethod
+    def _check(name: str, personal: Params, initial: Params) -> None:
+        try:
+            check_layout(name, personal, initial)
+        except ValueError as exc:
+            raise _Damaged(str(exc)) from exc
+
+    def _set_aside(self, reason: str) -> None:
+        """Rename the damaged file out of the way, warn and log why; the node then starts afresh."""
+        aside = self.file.with_name(f"{self.file.name}.damaged-{time.time_ns()}")
+        os.replace(self.file, aside)
+        message = (f"Node {self.partition_id}: the personal state file is damaged ({reason}); it was moved to "
+                   f"{aside.name} and the personal parameters start afresh from the model's.")
+        logger.warning(message)
+        line = {"time": time.time(), "event": "reset", "source": "reset", "damaged": reason,
+                "moved_to": aside.name, "pid": os.getpid()}
+        with open(self.log_file, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def save(self, context, personal: Params, *, server_round: int, run_id: int, source: str, start: str,
              loss: float) -> None:
@@ -252,6 +303,10 @@ class NodeStore:
                 "start": start, "end": digest(personal), "train_loss": loss, "pid": os.getpid()}
         with open(self.log_file, "a") as f:
             f.write(json.dumps(line) + "\n")
+
+
+class _Damaged(ValueError):
+    """A node's state file that cannot be read as its personal parameters."""
 
 
 @dataclass

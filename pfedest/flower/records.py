@@ -126,6 +126,10 @@ def write_npz(path, params: Params, meta: Optional[dict] = None) -> None:
 def read_npz(path) -> tuple:
     """The parameters in an ``.npz`` file of :func:`write_npz` (or of ``numpy.savez``), and its meta.
 
+    The file is read without pickle: one that is not an ``.npz`` archive of numeric arrays (empty,
+    truncated, another format, object arrays) or whose meta is not a JSON object is refused with
+    a ``ValueError`` that names it and says what is wrong.
+
     Parameters
     ----------
     path : str or Path
@@ -136,6 +140,13 @@ def read_npz(path) -> tuple:
     meta : dict
         Empty when the file holds none.
 
+    Raises
+    ------
+    FileNotFoundError
+        If there is no file at ``path``.
+    ValueError
+        If the file cannot be read as parameters.
+
     Examples
     --------
     >>> import tempfile
@@ -144,7 +155,32 @@ def read_npz(path) -> tuple:
     >>> np.savez(path, w=np.zeros(2, dtype=np.float32))
     >>> read_npz(path)
     ({'w': tensor([0., 0.])}, {})
+    >>> _ = path.write_bytes(b"")
+    >>> read_npz(path)
+    Traceback (most recent call last):
+    ...
+    ValueError: .../p.npz is not a readable .npz file of parameters: EOFError: No data left in file
     """
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data[_META])) if _META in data.files else {}
-        return {k: torch.from_numpy(data[k].copy()) for k in data.files if k != _META}, meta
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as exc:  # empty, truncated or another format: EOFError, BadZipFile, ValueError, ...
+        raise ValueError(f"{path} is not a readable .npz file of parameters: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is not a readable .npz file of parameters: it holds one array, not an archive.")
+    try:
+        with data:
+            meta = json.loads(str(data[_META])) if _META in data.files else {}
+            params = {}
+            for k in data.files:
+                if k != _META:
+                    a = data[k]
+                    if a.dtype.kind not in "biuf":
+                        raise ValueError(f"array {k!r} has dtype {a.dtype}, not a number type")
+                    params[k] = torch.from_numpy(a.copy())
+    except Exception as exc:  # a damaged member, object arrays (pickle), meta that is not JSON
+        raise ValueError(f"{path} is not a readable .npz file of parameters: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a readable .npz file of parameters: its meta is not a JSON object.")
+    return params, meta
