@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import math
+import numbers
+import os
+import tempfile
+import uuid
 from pathlib import Path
 
-from ..checkpoint import checkpoint_path, latest_checkpoint, list_checkpoints, save_checkpoint
+from .._files import FolderLock
+from ..checkpoint import (LOCK_FILE, checkpoint_path, latest_checkpoint, list_checkpoints, read_owners,
+                          save_checkpoint, write_owners)
 from .base import Callback, keeps_state
 
 
@@ -117,13 +123,33 @@ class Checkpoint(Callback):
     ``engine``, ``device`` or ``verbose``). The estimator runs Checkpoint after every other callback,
     wherever it is listed, so that it saves their state of the round.
 
+    The folder belongs to one run at a time. At the start of ``fit`` the arguments are checked,
+    the folder is created and checked to be writable, and its lock
+    (:data:`pfedest.checkpoint.LOCK_FILE`) is taken for the fit: a second fit on the same folder,
+    in another process or another thread, is refused with a
+    :class:`~pfedest.checkpoint.FolderInUseError` that names the holder, before its first round.
+    The lock is let go at the end of the fit, and by the operating system when the process ends
+    (even by ``SIGKILL``); a fit that failed holds it until the next fit in the same thread, or
+    until its estimator is deleted. Each run has an id (``run_id_``; a resumed fit keeps the id of
+    the run it continues), the folder records which run wrote each file
+    (:data:`pfedest.checkpoint.OWNERS_FILE`), and ``keep`` deletes only the run's own files: those
+    of another run, or written before owners were recorded, stay.
+
     Parameters
     ----------
     directory : str or Path
     every : int, default=10
+        Save after every ``every`` rounds (an integer >= 1).
     keep : int, default=2
-        How many of the newest checkpoints to keep (older ones are deleted).
+        How many of the run's newest checkpoints to keep (its older ones are deleted; an integer >= 1).
     resume : bool, default=True
+
+    Attributes
+    ----------
+    resumed_from_ : str or None
+        The checkpoint the fit continued from.
+    run_id_ : str
+        The run's id in the folder's record of owners.
 
     Examples
     --------
@@ -149,9 +175,37 @@ class Checkpoint(Callback):
         self.resume = resume
 
     def on_train_begin(self, estimator):
+        self._check_params()
+        directory = Path(self.directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=directory, prefix=".pfedest-write-test.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ValueError(f"Checkpoint cannot write to {str(self.directory)!r} ({type(exc).__name__}: {exc}); "
+                             "give it a folder it can create and write to.") from exc
+        self._lock = FolderLock(directory, LOCK_FILE)
+        self._lock.acquire(self, f"a fit checkpointing every {self.every} rounds")
+        try:
+            self._begin(estimator)
+        except BaseException:
+            self._lock.release(self)
+            raise
+
+    def _check_params(self) -> None:
         if self.directory is None:
             raise ValueError("Checkpoint needs a directory.")
-        Path(self.directory).mkdir(parents=True, exist_ok=True)
+        if not isinstance(self.directory, (str, os.PathLike)):
+            raise TypeError(f"Checkpoint directory must be a str or a path, got {self.directory!r}.")
+        for name in ("every", "keep"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"Checkpoint {name} must be an integer >= 1, got {value!r}.")
+        if not isinstance(self.resume, bool):
+            raise ValueError(f"Checkpoint resume must be True or False, got {self.resume!r}.")
+
+    def _begin(self, estimator) -> None:
         # A callback after this one would update its state after the save of each round, and its
         # on_train_begin would reset it after the restore: its checkpointed state would be wrong.
         # The estimator runs Checkpoint last; this catches another Checkpoint (a subclass with
@@ -161,22 +215,33 @@ class Checkpoint(Callback):
             raise ValueError(f"Checkpoint must run after every callback that keeps state, but {', '.join(later)} "
                              "runs after it: run Checkpoint last.")
         self.resumed_from_ = None
+        self.run_id_ = uuid.uuid4().hex[:12]
         if self.resume:
             found = latest_checkpoint(self.directory)
             if found is not None:
                 path, state = found
                 estimator.load_state_dict(state)
                 self.resumed_from_ = str(path)
+                # the run continues: its files written before the interruption are its own
+                self.run_id_ = read_owners(self.directory).get(path.name, self.run_id_)
 
     def on_round_end(self, estimator, record):
         if record["round"] % self.every == 0:
             self.save(estimator, record["round"])
 
+    def on_train_end(self, estimator):
+        self._lock.release(self)
+
     def save(self, estimator, round_number: int) -> Path:
-        """Write a checkpoint of ``estimator`` now, and drop all but the ``keep`` newest."""
+        """Write a checkpoint of ``estimator`` now, and drop all but the ``keep`` newest of this run's."""
         path = save_checkpoint(estimator.state_dict(), checkpoint_path(self.directory, round_number))
-        for old in list_checkpoints(self.directory)[max(self.keep, 1):]:
+        owners = read_owners(self.directory)
+        owners[path.name] = self.run_id_
+        own = [p for p in list_checkpoints(self.directory) if owners.get(p.name) == self.run_id_]
+        for old in own[self.keep:]:
             old.unlink(missing_ok=True)
+        present = {p.name for p in list_checkpoints(self.directory)}
+        write_owners(self.directory, {name: run for name, run in owners.items() if name in present})
         return path
 
 
