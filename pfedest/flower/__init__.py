@@ -7,11 +7,18 @@ A Flower app made here has two halves (`Flower <https://flower.ai>`_'s Message A
   the local update with the simulator's own code (:func:`pfedest.core.rounds.draw_batches` and
   :func:`pfedest.core.rounds.client_updates` for that one client) and replies with the shared
   parameters only; its personal parameters stay in ``context.state`` for the run and in a file of
-  its own (``state-dir``), so a restarted node resumes with them.
+  its own (``state-dir``), so a restarted node resumes with them (a damaged file is set aside and
+  the personal part starts afresh: :class:`~pfedest.flower.node.NodeStore`).
 - the **ServerApp** runs :class:`~pfedest.flower.strategy.PersonalizedFedAvg`, a Flower strategy
-  that samples nodes, refuses any reply that holds anything but the shared parameters, averages
-  them weighted by the nodes' example counts (or equally: run config ``weighting="uniform"``) and
-  takes the server optimizer's step, as the simulator does.
+  that samples nodes, refuses any reply that is not exactly the shared parameters (the model's
+  names, shapes and dtype, finite and bounded values, a bounded example count), averages the rest
+  weighted by the nodes' example counts (or equally: run config ``weighting="uniform"``) and takes
+  the server optimizer's step, as the simulator does, unless the step would make a parameter
+  non-finite.
+
+Nothing read from disk or the network runs code: ``model.json`` is JSON that names classes only
+(:mod:`pfedest.flower.model_file`), and parameters travel and rest as ``.npy``/``.npz`` data read
+without pickle.
 
 The model travels inside the app as ``model.json``; training settings are the app's run config
 (``[tool.flwr.app.config]`` in ``pyproject.toml``), so ``flwr run --run-config "lr=0.05"`` changes
