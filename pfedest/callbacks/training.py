@@ -234,6 +234,8 @@ class Checkpoint(Callback):
 
     def save(self, estimator, round_number: int) -> Path:
         """Write a checkpoint of ``estimator`` now, and drop all but the ``keep`` newest of this run's."""
+        if getattr(self, "run_id_", None) is None:  # called outside a fit: a run of its own
+            self.run_id_ = uuid.uuid4().hex[:12]
         path = save_checkpoint(estimator.state_dict(), checkpoint_path(self.directory, round_number))
         owners = read_owners(self.directory)
         owners[path.name] = self.run_id_
