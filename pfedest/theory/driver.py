@@ -23,10 +23,10 @@ from sklearn.utils import check_random_state
 from ..core.algorithms import ALGORITHMS, StepSizes
 from ..core.engine import make_engine
 from ..core.rounds import run_round
-from ..core.sampling import sample_clients
+from ..core.sampling import RoundKeys, sample_clients
 from .problems import PersonalizedProblem
 
-__all__ = ["Trajectory", "run", "local_step_counts"]
+__all__ = ["Trajectory", "run", "local_step_counts", "draw_seed"]
 
 
 @dataclass
@@ -146,6 +146,23 @@ def local_step_counts(local_steps: Union[int, Tuple[int, int]], algorithm: Optio
     return personal, shared
 
 
+def draw_seed(random_state) -> int:
+    """The seed that keys a run's draws: an int ``random_state`` is itself the seed, as for the estimator.
+
+    Anything else (``None``, a ``RandomState``) draws one number from it.
+
+    Examples
+    --------
+    >>> draw_seed(7), draw_seed(np.random.RandomState(0)) == draw_seed(np.random.RandomState(0))
+    (7, True)
+    """
+    if isinstance(random_state, Integral) and not isinstance(random_state, (bool, np.bool_)):
+        if random_state < 0:
+            raise ValueError(f"random_state must be non-negative, got {random_state!r}.")
+        return int(random_state)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
 class _Measures(NamedTuple):
     """What the driver reads at one iterate: the measure's two parts and the noise of a round from it."""
 
@@ -174,12 +191,12 @@ def run(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, lr_share
     """Run FedAlt or FedSim on ``problem`` through :func:`pfedest.core.rounds.run_round`, measuring every round.
 
     The shared vector is ``{"u": [d_u]}``, the personal state ``{"v": [n_clients, d_v]}``, in
-    float64. Clients are sampled with :func:`pfedest.core.sampling.sample_clients` from a generator of
-    their own, so two runs with the same ``random_state`` sample the same clients whatever the
-    algorithm; their minibatches come from a second generator, drawn round after round. This is
-    not the estimator's keyed draws (``default_rng([seed, round])`` and
-    :class:`~pfedest.core.sampling.RoundKeys`): the same distribution, other realizations (see
-    *Random numbers* in ``docs/theory.md``).
+    float64. Every draw is keyed as the estimator keys it: round ``t`` (from 1) samples its clients
+    with :func:`pfedest.core.sampling.sample_clients` from ``default_rng([seed, t])`` and draws
+    its minibatches from :class:`~pfedest.core.sampling.RoundKeys` ``(seed, t)``, ``seed =``
+    :func:`draw_seed` ``(random_state)``. Two runs with the same ``random_state`` sample the same
+    clients whatever the algorithm, and :func:`pfedest.theory.simulate.simulate` with
+    ``draws="keyed"`` draws the same minibatches.
 
     Parameters
     ----------
@@ -230,14 +247,7 @@ def run(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, lr_share
         raise ValueError(f"batch_size must be positive, got {batch_size!r}.")
     steps = ALGORITHMS[algorithm].steps(personal_steps, shared_steps)
 
-    # Not the estimator's keyed draws, on purpose. Keyed draws have the same distribution (measured
-    # over many seeds, docs/theory.md), but they give other realizations at the seeds the tests
-    # fix, and the slope test of tests/test_rates.py (one seed per horizon) then leaves its
-    # tolerance, fixed before measuring. Switching is for whoever re-fixes that test to average
-    # over seeds; until then the draws below keep every recorded trajectory and figure.
-    seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
-    client_seq, batch_seq = np.random.SeedSequence(seed).spawn(2)
-    client_rng, batch_rng = np.random.default_rng(client_seq), np.random.default_rng(batch_seq)
+    seed = draw_seed(random_state)
 
     u, V = (np.zeros(problem.dim_shared), np.zeros((n, problem.dim_personal))) if init is None else init
     u, V = (a.copy() for a in problem.check_point(u, V))
@@ -264,10 +274,10 @@ def run(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, lr_share
     measured, noise_u, noise_v, losses = [], [], [], []
     diverged_at = None
     for t in range(n_rounds):
-        sampled = sample_clients(client_rng, np.arange(n), m)
+        sampled = sample_clients(np.random.default_rng([seed, t + 1]), np.arange(n), m)
         new_shared, result = run_round(
             algorithm=ALGORITHMS[algorithm], engine=runner, shared=shared, personal_state=personal,
-            counts=problem.counts, offsets=problem.offsets, sampled=sampled, rng=batch_rng, batch_size=b,
+            counts=problem.counts, offsets=problem.offsets, sampled=sampled, rng=RoundKeys(seed, t + 1), batch_size=b,
             steps=steps, lr=lr, server_lr=1.0, chunk_size=None, device=torch.device("cpu"))
         u_new = new_shared["u"].numpy().copy()
         V_new = personal["v"].numpy().copy()

@@ -10,6 +10,12 @@ and the engine's sample-count weighting agree. The knobs:
 - ``label_noise`` (least squares) or ``scale`` (logistic) set the residual at the optimum;
 - ``shared_noise`` and ``personal_noise`` set the minibatch noise of each block alone;
 - ``ridge`` sets ``ridge_u = ridge_v``.
+
+:func:`make_coupled_least_squares` isolates the coupling: every client's Hessian is one matrix
+fixed by ``L_u``, ``L_v``, ``mu`` and ``chi``, so across a family that changes only ``chi`` the
+smoothness, the strong convexity, the optimum's objective and the gradient noise at the optimum
+stay exactly the same. :func:`make_separable_logistic` draws a convex problem without a minimizer
+(:class:`~pfedest.theory.separable.SeparableLogistic`), where the measure decays sublinearly.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from .problems import PersonalizedLeastSquares, PersonalizedLogistic
+from .separable import SeparableLogistic
 
-__all__ = ["make_least_squares", "make_logistic"]
+__all__ = ["make_least_squares", "make_logistic", "make_coupled_least_squares", "make_separable_logistic"]
 
 
 def _check_common(n_clients, n_samples_per_client, dim_shared, dim_personal, coupling, **nonneg):
@@ -175,3 +182,132 @@ def make_logistic(n_clients: int = 8, n_samples_per_client: int = 40, dim_shared
     return PersonalizedLogistic(A, B, y, np.full(n, m),
                                 *_noise_tables(rng, n * m, dim_shared, dim_personal, shared_noise, personal_noise),
                                 ridge, ridge)
+
+
+def _spectrum(top: float, bottom: float, dim: int) -> np.ndarray:
+    """``dim`` eigenvalues from ``top`` down to ``bottom``, evenly spaced (``[top]`` when ``dim == 1``)."""
+    return np.linspace(top, bottom, dim) if dim > 1 else np.array([top])
+
+
+def make_coupled_least_squares(n_clients: int = 8, n_samples_per_client: int = 40, dim_shared: int = 5,
+                               dim_personal: int = 3, *, chi: float = 0.5, L_u: float = 1.0, L_v: float = 1.0,
+                               mu: float = 0.25, shared_noise: float = 0.0, personal_noise: float = 0.0,
+                               label_noise: float = 0.0, random_state=None) -> PersonalizedLeastSquares:
+    """Least squares whose coupling is ``chi`` while ``L_u``, ``L_v``, ``mu`` and the noise stay fixed.
+
+    Every client's features are ``[A_i, B_i] = sqrt(m) Q_i G^(1/2)``, ``Q_i`` with orthonormal
+    columns, so that every client's Hessian is the same matrix
+
+        G = [[S_u, C], [C^T, S_v]],   C = chi sqrt(L_u L_v) e_1 f_1^T,
+
+    ``S_u`` and ``S_v`` diagonal with eigenvalues evenly spaced from ``L_u`` (``L_v``) down to
+    ``mu``. The coupling joins only the top directions of the two blocks, so ``L_u``, ``L_v`` and
+    the joint strong convexity ``mu`` do not depend on ``chi`` (as long as ``chi <=
+    sqrt((L_u - mu) (L_v - mu) / (L_u L_v))``, where the coupled pair's smaller eigenvalue
+    reaches ``mu``). Every client shares the true ``u``; with ``label_noise=0`` the targets are
+    fitted exactly, so the minibatch gradient noise at the optimum is that of the noise tables
+    alone. The same ``random_state`` draws the same ``Q_i``, true models and noise tables for
+    every ``chi``: a family ``chi -> problem`` in which only the coupling moves.
+
+    Parameters
+    ----------
+    n_clients, n_samples_per_client, dim_shared, dim_personal : int
+        ``n``, ``m_i``, ``d_u``, ``d_v``; ``n_samples_per_client >= dim_shared + dim_personal``
+        and ``dim_shared + dim_personal >= 3`` (one direction outside the coupled pair holds ``mu``).
+    chi : float, default=0.5
+        The coupling ``L_uv / sqrt(L_u L_v)``, exactly.
+    L_u, L_v : float, default=1.0
+        Smoothness in ``u`` and in ``v``, exactly.
+    mu : float, default=0.25
+        Strong convexity of every ``F_i``, exactly; ``0 < mu <= min(L_u, L_v)``.
+    shared_noise, personal_noise : float, default=0.0
+        Scale of the per-row noise vectors (see :func:`make_least_squares`).
+    label_noise : float, default=0.0
+        Noise added to the targets, orthogonal to every client's features (the optimum, ``F*``
+        and the residuals are then the same for every ``chi``; the residuals add gradient noise
+        whose size depends on the features, so on ``chi``).
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    PersonalizedLeastSquares
+
+    Examples
+    --------
+    >>> family = [make_coupled_least_squares(4, 12, 2, 2, chi=c, random_state=0) for c in (0.0, 0.6)]
+    >>> [round(p.constants.chi, 12) for p in family]
+    [0.0, 0.6]
+    >>> {(round(p.constants.L_u, 12), round(p.constants.L_v, 12), round(p.constants.mu, 12)) for p in family}
+    {(1.0, 1.0, 0.25)}
+    """
+    _check_common(n_clients, n_samples_per_client, dim_shared, dim_personal, 0.0, chi=chi, mu=mu,
+                  shared_noise=shared_noise, personal_noise=personal_noise, label_noise=label_noise)
+    d_u, d_v, m = dim_shared, dim_personal, n_samples_per_client
+    if d_u + d_v < 3 or m < d_u + d_v:
+        raise ValueError(f"need dim_shared + dim_personal >= 3 and n_samples_per_client >= dim_shared + "
+                         f"dim_personal, got {d_u}, {d_v} and {m}.")
+    if not 0 < mu <= min(L_u, L_v):
+        raise ValueError(f"need 0 < mu <= min(L_u, L_v), got mu={mu!r}, L_u={L_u!r}, L_v={L_v!r}.")
+    chi_max = float(np.sqrt((L_u - mu) * (L_v - mu) / (L_u * L_v)))
+    if chi > chi_max + 1e-12:
+        raise ValueError(f"chi={chi!r} would push the joint strong convexity below mu={mu!r}: the largest chi "
+                         f"with L_u={L_u!r}, L_v={L_v!r} and this mu is {chi_max:.6g}.")
+    G = np.zeros((d_u + d_v, d_u + d_v))
+    G[:d_u, :d_u] = np.diag(_spectrum(L_u, mu, d_u))
+    G[d_u:, d_u:] = np.diag(_spectrum(L_v, mu, d_v))
+    G[0, d_u] = G[d_u, 0] = chi * np.sqrt(L_u * L_v)
+    w, P = np.linalg.eigh(G)
+    root = (P * np.sqrt(np.clip(w, 0.0, None))) @ P.T
+    rng = check_random_state(random_state)
+    u_true = rng.standard_normal(d_u)
+    X, y = [], []
+    for _ in range(n_clients):
+        Q, _ = np.linalg.qr(rng.standard_normal((m, d_u + d_v)))
+        X_i = np.sqrt(m) * Q @ root
+        theta = np.concatenate([u_true, rng.standard_normal(d_v)])
+        noise = rng.standard_normal(m)
+        noise -= Q @ (Q.T @ noise)  # orthogonal to the client's features: never fitted
+        X.append(X_i)
+        y.append(X_i @ theta + label_noise * noise)
+    X = np.concatenate(X)
+    return PersonalizedLeastSquares(X[:, :d_u], X[:, d_u:], np.concatenate(y), np.full(n_clients, m),
+                                    *_noise_tables(rng, n_clients * m, d_u, d_v, shared_noise, personal_noise))
+
+
+def make_separable_logistic(n_clients: int = 8, n_samples_per_client: int = 40, dim_shared: int = 5,
+                            dim_personal: int = 3, *, coupling: float = 0.5, random_state=None) -> SeparableLogistic:
+    """Separable personalized logistic regression: labels are the signs of a true model's margins.
+
+    Features are drawn as in :func:`pfedest.theory.generators.make_least_squares`; all clients
+    share the true ``u``, each has its own true ``v_i``, and ``y_j`` is the sign of the row's
+    margin under its client's true model, so that model separates every client's rows.
+
+    Parameters
+    ----------
+    n_clients, n_samples_per_client, dim_shared, dim_personal : int
+        ``n``, ``m_i``, ``d_u``, ``d_v``.
+    coupling : float in [0, 1), default=0.5
+        As in :func:`pfedest.theory.generators.make_least_squares` (the logistic ``L_uv`` is a
+        bound, see :class:`~pfedest.theory.problems.PersonalizedLogistic`).
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    SeparableLogistic
+
+    Examples
+    --------
+    >>> p = make_separable_logistic(n_clients=3, n_samples_per_client=10, random_state=0)
+    >>> u, V = p.separator
+    >>> bool(np.all(p.y * (p.A @ u + np.einsum("rd,rd->r", p.B, V[p.client_of_row])) > 0)), p.constants.mu
+    (True, 0.0)
+    """
+    _check_common(n_clients, n_samples_per_client, dim_shared, dim_personal, coupling)
+    rng = check_random_state(random_state)
+    n, m = n_clients, n_samples_per_client
+    A, B = _features(rng, n, m, dim_shared, dim_personal, coupling)
+    u = rng.standard_normal(dim_shared)
+    V = rng.standard_normal((n, dim_personal))
+    c = np.repeat(np.arange(n), m)
+    z = A @ u + np.einsum("rd,rd->r", B, V[c])
+    return SeparableLogistic(A, B, np.where(z > 0, 1.0, -1.0), np.full(n, m), separator=(u, V))

@@ -35,13 +35,22 @@ import numpy as np
 from .driver import Trajectory, local_step_counts
 from .problems import PersonalizedProblem
 
-__all__ = ["PREDICTED_SLOPES", "theory_step_sizes", "tuned_eta", "descent_bound", "trajectory_bound",
-           "reference_round", "round_jacobian", "linear_rate", "recalled_rate", "fit_slope", "fit_linear_rate"]
+__all__ = ["PREDICTED_SLOPES", "PREDICTED_FLOOR_EXPONENTS", "theory_step_sizes", "tuned_eta", "descent_bound",
+           "trajectory_bound", "round_bounds", "reference_round", "round_jacobian", "linear_rate", "recalled_rate",
+           "fit_slope", "fit_linear_rate"]
 
-#: Log-log slope of the average stationarity over ``T`` rounds that the theory predicts.
-#: Without noise every term but ``dF0 / T`` vanishes; with noise and the step size tuned to ``T``
-#: (``gamma ~ 1/sqrt(T)``) the ``sqrt(dF0 s1 / T)`` term dominates at large ``T``.
+#: Log-log slope of the average stationarity over ``T`` rounds: -1 without noise at a constant
+#: step, -1/2 with noise and the step tuned to ``T`` (``gamma ~ 1/sqrt(T)``), both as ``T -> oo``.
+#: Derived here from :func:`descent_bound` (proven in ``docs/theory.md``); the -1/2 is also the
+#: ``sqrt(dF0 s1 / T)`` term of the paper's rate as the project recalls it (the paper's theorem
+#: statements could not be read here, so this is not "what the paper states").
 PREDICTED_SLOPES = {"deterministic": -1.0, "stochastic": -0.5}
+
+#: Exponents of the constant-step noise floor ``lim_T (1/T) sum_t E Phi_t ~ eta^a (sigma^2)^b`` to
+#: leading order in ``eta``: the noise term of :func:`descent_bound` with ``gamma_b = eta / L_b`` is
+#: ``kappa eta S / (2 - kappa eta)``, ``S = N_u / L_u + N_v / L_v`` proportional to the noise
+#: variance (proven here as a bound; its exponent in ``eta`` is ``1 + kappa eta / (2 - kappa eta)``).
+PREDICTED_FLOOR_EXPONENTS = {"eta": 1.0, "noise": 1.0}
 
 
 def _kappa(problem: PersonalizedProblem, algorithm: str) -> float:
@@ -50,6 +59,32 @@ def _kappa(problem: PersonalizedProblem, algorithm: str) -> float:
     if algorithm == "fedalt":
         return 1.0
     raise ValueError(f"algorithm must be 'fedalt' or 'fedsim', got {algorithm!r}.")
+
+
+def _descent_constants(problem: PersonalizedProblem, algorithm: str, lr_shared: float, lr_personal: float,
+                       clients_per_round: Optional[int], local_steps) -> Tuple[float, float]:
+    """``(kappa, K)`` of the descent bound, refusing the cases its proof does not cover."""
+    kappa = _kappa(problem, algorithm)
+    if local_step_counts(local_steps, algorithm) != (1, 1):
+        raise NotImplementedError(f"the descent bound covers one local step per block, got "
+                                  f"local_steps={local_steps!r}; use recalled_rate for the shape of the "
+                                  "multi-step rates.")
+    n = problem.n_clients
+    m = n if clients_per_round is None else int(clients_per_round)
+    if m < n and algorithm == "fedalt":
+        raise NotImplementedError("FedAlt with partial participation is not covered: its shared step uses personal "
+                                  "vectors that depend on which clients were sampled (the paper needs its 'virtual "
+                                  "full participation' argument there).")
+    if m < n and not np.allclose(problem.alpha, 1.0 / n):
+        raise NotImplementedError("partial participation is covered for equal client weights (equal row counts) only.")
+    k = problem.constants
+    c_u = lr_shared * (1.0 - kappa * k.L_u * lr_shared / 2.0)
+    c_v = lr_personal * (1.0 - kappa * k.L_v * lr_personal / 2.0)
+    if c_u <= 0 or c_v <= 0:
+        raise ValueError(f"step sizes too large for the descent lemma: need lr_shared < {2 / (kappa * k.L_u):.4g} and "
+                         f"lr_personal < {2 / (kappa * k.L_v):.4g} (kappa={kappa:.3g}), got {lr_shared:.4g} and "
+                         f"{lr_personal:.4g}.")
+    return kappa, max(1.0 / (k.L_u * c_u), 1.0 / (k.L_v * c_v))
 
 
 def theory_step_sizes(problem: PersonalizedProblem, eta: float = 1.0, *, n_rounds: Optional[int] = None,
@@ -183,27 +218,8 @@ def descent_bound(problem: PersonalizedProblem, algorithm: str, lr_shared: float
     >>> bool(np.isclose(bound[9] / bound[99], 10.0))
     True
     """
-    kappa = _kappa(problem, algorithm)
-    if local_step_counts(local_steps, algorithm) != (1, 1):
-        raise NotImplementedError(f"the descent bound covers one local step per block, got "
-                                  f"local_steps={local_steps!r}; use recalled_rate for the shape of the "
-                                  "multi-step rates.")
-    n = problem.n_clients
-    m = n if clients_per_round is None else int(clients_per_round)
-    if m < n and algorithm == "fedalt":
-        raise NotImplementedError("FedAlt with partial participation is not covered: its shared step uses personal "
-                                  "vectors that depend on which clients were sampled (the paper needs its 'virtual "
-                                  "full participation' argument there).")
-    if m < n and not np.allclose(problem.alpha, 1.0 / n):
-        raise NotImplementedError("partial participation is covered for equal client weights (equal row counts) only.")
+    kappa, K = _descent_constants(problem, algorithm, lr_shared, lr_personal, clients_per_round, local_steps)
     k = problem.constants
-    c_u = lr_shared * (1.0 - kappa * k.L_u * lr_shared / 2.0)
-    c_v = lr_personal * (1.0 - kappa * k.L_v * lr_personal / 2.0)
-    if c_u <= 0 or c_v <= 0:
-        raise ValueError(f"step sizes too large for the descent lemma: need lr_shared < {2 / (kappa * k.L_u):.4g} and "
-                         f"lr_personal < {2 / (kappa * k.L_v):.4g} (kappa={kappa:.3g}), got {lr_shared:.4g} and "
-                         f"{lr_personal:.4g}.")
-    K = max(1.0 / (k.L_u * c_u), 1.0 / (k.L_v * c_v))
     T = np.arange(1, n_rounds + 1)
     per_round = (kappa / 2.0) * (k.L_u * lr_shared ** 2 * np.broadcast_to(noise_shared, (n_rounds,))
                                  + k.L_v * lr_personal ** 2 * np.broadcast_to(noise_personal, (n_rounds,)))
@@ -237,6 +253,56 @@ def trajectory_bound(problem: PersonalizedProblem, trajectory: Trajectory) -> np
                          trajectory.n_rounds, initial_gap=float(trajectory.objective_gap[0]),
                          clients_per_round=trajectory.clients_per_round, local_steps=trajectory.local_steps,
                          noise_shared=trajectory.noise_shared, noise_personal=trajectory.noise_personal)
+
+
+def round_bounds(problem: PersonalizedProblem, trajectory: Trajectory) -> Tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds on each round's measure from that round's decrease of ``F``.
+
+    With ``D_t = F(x_t) - F(x_{t+1})`` and one local step per block:
+
+    - **lower** (convexity of ``F``): the step is ``-gamma`` times the block gradients, so
+      ``D_t <= gamma_u ||grad_u F||^2 + (m/n) gamma_v sum_i alpha_i ||grad_v F_i||^2 <=
+      max(L_u gamma_u, L_v gamma_v) Phi_t``; FedAlt's two half-steps each obey it, with the shared
+      gradient at ``(u_t, V_{t+1})`` (:attr:`Trajectory.measured`);
+    - **upper** (descent lemma, the per-round form of :func:`descent_bound`):
+      ``Phi_t <= K [D_t + (kappa/2)(L_u gamma_u^2 N_u,t + L_v gamma_v^2 N_v,t)]``.
+
+    So ``D_t / max(L_u gamma_u, L_v gamma_v) <= measured_t <= K D_t`` without noise, every
+    round; with noise both hold in expectation. With ``gamma_b = eta / L_b`` the two sides differ
+    by the factor ``1 / (1 - kappa eta / 2)`` only. Summed over rounds and divided by ``T`` they
+    bound :meth:`Trajectory.running_mean`. Covered: as :func:`descent_bound`, on convex problems
+    (all of :mod:`pfedest.theory`'s).
+
+    Parameters
+    ----------
+    problem : PersonalizedProblem
+    trajectory : Trajectory
+        A run of :func:`pfedest.theory.driver.run` on ``problem``.
+
+    Returns
+    -------
+    lower, upper : ndarray of shape (trajectory.n_rounds,)
+
+    Examples
+    --------
+    >>> from pfedest.theory import make_least_squares, run
+    >>> p = make_least_squares(n_clients=3, n_samples_per_client=10, random_state=0)
+    >>> lr_u, lr_v = theory_step_sizes(p, eta=0.2)
+    >>> traj = run(p, "fedalt", 20, lr_shared=lr_u, lr_personal=lr_v)
+    >>> lower, upper = round_bounds(p, traj)
+    >>> bool(np.all(lower <= traj.measured) and np.all(traj.measured <= upper))
+    True
+    >>> round(float(np.max(upper / lower)), 6)  # 1 / (1 - eta / 2)
+    1.111111
+    """
+    kappa, K = _descent_constants(problem, trajectory.algorithm, trajectory.lr_shared, trajectory.lr_personal,
+                                  trajectory.clients_per_round, trajectory.local_steps)
+    k = problem.constants
+    decrease = -np.diff(trajectory.objective_gap[: trajectory.n_rounds + 1])
+    noise = (kappa / 2.0) * (k.L_u * trajectory.lr_shared ** 2 * trajectory.noise_shared
+                             + k.L_v * trajectory.lr_personal ** 2 * trajectory.noise_personal)
+    first_order = max(k.L_u * trajectory.lr_shared, k.L_v * trajectory.lr_personal)
+    return decrease / first_order, K * (decrease + noise)
 
 
 def reference_round(problem: PersonalizedProblem, u: np.ndarray, V: np.ndarray, algorithm: str, lr_shared: float,
