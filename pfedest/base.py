@@ -42,7 +42,8 @@ class PersonalizedEstimator(BaseEstimator):
     #: The accepted values of every parameter, from the one registry of them (:mod:`pfedest.settings`).
     _parameter_constraints: dict = parameter_constraints()
 
-    def __init__(self, module=None, *, split="head", algorithm="fedalt", n_rounds=50, clients_per_round=10,
+    def __init__(self, module=None, *, split="head", algorithm="fedalt", n_rounds=50, tol=1e-4, n_iter_no_change=10,
+                 early_stopping=False, validation_fraction=0.1, clients_per_round=10,
                  personal_steps=None, shared_steps=None, lr=0.1, personal_lr=None, batch_size=32,
                  server_lr=1.0, hidden_layer_sizes=(64, 64), engine="auto", max_clients_per_batch=None,
                  compile=False, device="auto", unseen_clients="error", pretrain_rounds=0, finetune_epochs=0,
@@ -53,6 +54,10 @@ class PersonalizedEstimator(BaseEstimator):
         self.split = split
         self.algorithm = algorithm
         self.n_rounds = n_rounds
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
         self.clients_per_round = clients_per_round
         self.personal_steps = personal_steps
         self.shared_steps = shared_steps
@@ -231,10 +236,16 @@ class PersonalizedEstimator(BaseEstimator):
     # ------------------------------------------------------------ internals
     def _train(self, plan, X, codes, rows, callbacks) -> None:
         data = ClientData.from_rows(X, codes, rows, len(self.clients_), self.device_, dtype=_dtype(self.module_))
+        stages = [stage for stage, _ in plan]
+        valid = None
+        if self.early_stopping and "train" in stages:
+            data, valid = data.holdout(self.validation_fraction, self._fit.seed)
         try:
-            run_plan(self, self._fit, plan, data, callbacks)
+            run_plan(self, self._fit, plan, data, callbacks, valid=valid)
         finally:
             self.stop_reason_ = self._fit.stop_reason
+            if "train" in stages:
+                self.n_iter_ = self._fit.progress[stages.index("train")]
 
     def _check_server_settings(self, stacklevel: int) -> None:
         if self.server_momentum:

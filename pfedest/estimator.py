@@ -37,7 +37,24 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         FedAlt updates the personal part first (shared part fixed), then the shared part (new
         personal part fixed); FedSim updates both in the same local steps.
     n_rounds : int, default=50
-        Communication rounds per call to ``fit``.
+        The most communication rounds of training per call to ``fit`` (scikit-learn's iterative
+        estimators call this ``max_iter``; a federated run counts rounds, each a sample of clients).
+        Training stops earlier when it has converged (``tol``).
+    tol : float or None, default=1e-4
+        Training stops when the monitored loss has not improved by more than ``tol`` for
+        ``n_iter_no_change`` rounds in a row; if ``n_rounds`` end first, a ``ConvergenceWarning``
+        says so. The monitored loss is the held-out loss with ``early_stopping``, otherwise the
+        training loss averaged over the last pass over the clients (``train_loss_pass`` in
+        ``history_``: as many rounds as sampling every client once takes). ``None`` runs all
+        ``n_rounds``.
+    n_iter_no_change : int, default=10
+        Rounds without improvement that end training.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of each client's rows (spread over its labels), monitor
+        their loss (``valid_loss`` in ``history_``) and end with the parameters of the best round.
+    validation_fraction : float in (0, 1), default=0.1
+        The share of each client's rows held out with ``early_stopping`` (clients with fewer than
+        ``1 / validation_fraction`` rows hold none out).
     clients_per_round : int or float, default=10
         Clients sampled each round (at most all of them); a float in (0, 1] is a fraction of them.
     personal_steps, shared_steps : int or None, default=None
@@ -138,8 +155,11 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         The engine that ran.
     callbacks_ : list of Callback
         The live copies of ``callbacks`` used by the last ``fit``.
+    n_iter_ : int
+        Rounds of training the last ``fit`` ran (at most ``n_rounds``).
     stop_reason_ : str or None
-        Why the last ``fit`` stopped a stage early (a callback's request), or ``None``.
+        Why the last ``fit`` ended training: converged (``tol``), ``n_rounds`` used up before it
+        converged, or a callback's request; ``None`` with ``tol=None`` and no request.
 
     See Also
     --------

@@ -31,12 +31,13 @@ from .checkpoint import CheckpointError
 from .core.devices import to_device
 from .core.schedules import make_schedule
 from .core.server import ServerOptimizer, make_server_optimizer
+from .core.stopping import Plateau
 from .core.types import Params
 from .history import History
 from .nn.splits import make_split
 from .settings import RESUME_CHECKED
 
-__all__ = ["ClientData", "FitState", "estimator_state", "load_estimator_state", "describe_setting",
+__all__ = ["ClientData", "FitState", "OtherFitCheckpoint", "estimator_state", "load_estimator_state", "describe_setting",
            "training_settings", "stages_left", "seeds"]
 
 
@@ -72,6 +73,40 @@ class ClientData:
         return cls(X=torch.as_tensor(np.ascontiguousarray(X[order]), dtype=dtype, device=device),
                    y=torch.as_tensor(codes[order], dtype=torch.int64, device=device),
                    counts=counts, offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]))
+
+    def row_clients(self) -> np.ndarray:
+        """The client index of each row."""
+        return np.repeat(np.arange(len(self.counts)), self.counts)
+
+    def holdout(self, fraction: float, seed: int) -> tuple["ClientData", "ClientData"]:
+        """``(train, valid)``: ``fraction`` of each client's rows held out, spread over its classes.
+
+        Each client's rows are ordered by label (ties at random, keyed by ``seed``) and every
+        ``1/fraction``-th of them is held out, so each client keeps its share of every label it
+        has (stratified where it has enough rows). A client with fewer than ``1/fraction`` rows
+        holds none out: all its rows train.
+
+        Examples
+        --------
+        >>> data = ClientData.from_rows(np.zeros((12, 1)), np.array([0, 1] * 6), np.array([0] * 10 + [1] * 2), 2, "cpu")
+        >>> train, valid = data.holdout(0.2, seed=0)
+        >>> train.counts.tolist(), valid.counts.tolist(), sorted(valid.y.tolist())
+        ([8, 2], [2, 0], [0, 1])
+        """
+        rng = np.random.default_rng([seed, 0])  # round 0: no round of training draws with it
+        clients = self.row_clients()
+        labels = self.y.cpu().numpy()
+        order = np.lexsort((rng.random(len(labels)), labels, clients))
+        position = np.arange(len(order)) - np.repeat(self.offsets, self.counts)
+        held = np.zeros(len(order), dtype=bool)
+        held[order] = np.floor((position + 1) * fraction) > np.floor(position * fraction)
+        parts = []
+        for keep in (~held, held):
+            index = torch.as_tensor(np.flatnonzero(keep), device=self.X.device)
+            counts = np.bincount(clients[keep], minlength=len(self.counts))
+            parts.append(ClientData(X=self.X[index], y=self.y[index], counts=counts,
+                                    offsets=np.concatenate([[0], np.cumsum(counts)[:-1]])))
+        return parts[0], parts[1]
 
     def signature(self) -> dict:
         """Each client's row count and a SHA-256 digest of the rows and labels.
@@ -111,6 +146,14 @@ class FitState:
         Why the last stage that stopped early stopped.
     data : ClientData or None
         The rows of the fit in progress (``None`` between fits).
+    valid : ClientData or None
+        Rows held out of each client to monitor (``early_stopping=True``).
+    plateau : Plateau or None
+        The stopping rule of the training stage (``tol``, ``n_iter_no_change``) once it has begun.
+    best : dict or None
+        With ``early_stopping``, the ``shared`` and ``personal`` parameters of the best round so far.
+    converged : bool
+        The stopping rule ended the training stage.
 
     Examples
     --------
@@ -129,21 +172,30 @@ class FitState:
         self.personal_init = personal_init
         self.plan: list = []
         self.progress: list = []
+        self.start_round = 0
         self.servers: dict = {}
         self.stop_requested = False
         self.stop_reason: Optional[str] = None
         self.data: Optional[ClientData] = None
+        self.valid: Optional[ClientData] = None
+        self.plateau: Optional[Plateau] = None
+        self.best: Optional[dict] = None
+        self.converged = False
         self._data_signature: Optional[dict] = None
 
-    def start(self, plan: list, data: Optional[ClientData]) -> None:
-        """Begin a fit of ``plan`` on ``data``: no round done, no stop requested."""
+    def start(self, plan: list, data: Optional[ClientData], valid: Optional[ClientData] = None,
+              start_round: int = 0) -> None:
+        """Begin a fit of ``plan`` on ``data`` (``valid``: rows held out to monitor) after ``start_round``
+        rounds of earlier fits (``warm_start``): no round of it done."""
         self.plan, self.progress = [list(p) for p in plan], [0] * len(plan)
+        self.start_round = int(start_round)
         self.stop_requested, self.stop_reason = False, None
-        self.data, self._data_signature = data, None
+        self.data, self.valid, self._data_signature = data, valid, None
+        self.plateau, self.best, self.converged = None, None, False
 
     def finish(self) -> None:
-        """End the fit: drop its rows (a fitted model does not hold its training data)."""
-        self.data, self._data_signature = None, None
+        """End the fit: drop its rows and the best-round copy (a fitted model holds neither)."""
+        self.data, self.valid, self._data_signature, self.best = None, None, None, None
 
     def request_stop(self, reason: str) -> None:
         """End the current stage after this round."""
@@ -156,9 +208,15 @@ class FitState:
         return self._data_signature
 
     def server(self, stage: str, make) -> ServerOptimizer:
-        """The server optimizer of ``stage``, made by ``make()`` the first time."""
-        if stage not in self.servers:
-            self.servers[stage] = make()
+        """The server optimizer of ``stage`` with the settings of ``make()``, keeping its state (momentum,
+        moments) from earlier rounds unless its kind changed: a warm start with another ``server_lr``
+        steps with it."""
+        fresh = make()
+        current = self.servers.get(stage)
+        if current is None or current.kind != fresh.kind:
+            self.servers[stage] = fresh
+        else:
+            current.set_params(**fresh.get_params())
         return self.servers[stage]
 
     def to(self, device) -> "FitState":
@@ -169,27 +227,39 @@ class FitState:
         for stage, opt in self.servers.items():
             moved.servers[stage] = clone(opt)
             moved.servers[stage].load_state_dict(to_device(opt.state_dict(), device))
-        moved.data, moved._data_signature = None, None
+        moved.data, moved.valid, moved._data_signature = None, None, None
+        moved.best = None if self.best is None else {k: to_device(v, device) for k, v in self.best.items()}
         return moved
 
     def state_dict(self) -> dict:
         """JSON-able progress under ``"meta"``; tensors under ``"personal_init"`` and ``"server"``."""
         cpu = torch.device("cpu")
         return {
-            "meta": {"plan": self.plan, "progress": self.progress, "seed": self.seed,
+            "meta": {"plan": self.plan, "progress": self.progress, "seed": self.seed, "start_round": self.start_round,
                      "stop_requested": self.stop_requested, "stop_reason": self.stop_reason,
-                     "data": self.data_signature()},
+                     "data": self.data_signature(), "converged": self.converged,
+                     "plateau": None if self.plateau is None else {
+                         "rule": [self.plateau.mode, self.plateau.patience, self.plateau.min_delta],
+                         **self.plateau.state_dict()}},
             "personal_init": to_device(self.personal_init, cpu),
             "server": {stage: to_device(opt.state_dict(), cpu) for stage, opt in self.servers.items()},
+            "best": {} if self.best is None else {k: to_device(v, cpu) for k, v in self.best.items()},
         }
 
     def load_state_dict(self, state: dict, make_server=None, device=None) -> None:
         """Continue from :meth:`state_dict`: every stage that had ended stays ended (:func:`stages_left`)."""
         meta = state["meta"]
         self.seed = int(meta["seed"])
+        self.start_round = int(meta["start_round"])
         self.plan = [list(p) for p in meta["plan"]]
         self.progress = stages_left(meta["plan"], meta["progress"], meta["stop_requested"])
         self.stop_reason = meta["stop_reason"]
+        self.converged = bool(meta["converged"])
+        self.plateau = None
+        if meta["plateau"] is not None:
+            self.plateau = Plateau(*meta["plateau"]["rule"])
+            self.plateau.load_state_dict(meta["plateau"])
+        self.best = {k: to_device(v, device or "cpu") for k, v in state["best"].items()} or None
         self.personal_init = to_device(state["personal_init"], device or "cpu")
         self.servers = {}
         for stage, opt_state in state["server"].items():
@@ -240,6 +310,11 @@ def stages_left(plan, progress, stop_requested: bool) -> list:
     for i in range(current + int(bool(stop_requested))):
         progress[i] = max(progress[i], plan[i][1])
     return progress
+
+
+class OtherFitCheckpoint(CheckpointError):
+    """A checkpoint of another fit of the model (an earlier one, before a ``warm_start`` fit): not a
+    point this fit can resume from, and no reason to stop it."""
 
 
 # ------------------------------------------------------------------------------ settings
@@ -400,13 +475,13 @@ def estimator_state(est, fit: FitState) -> dict:
     cpu = torch.device("cpu")
     return {"meta": meta_json, "shared": to_device(est.shared_params_, cpu),
             "personal": to_device(est.personal_params_, cpu),
-            "personal_init": fit_part["personal_init"], "server": fit_part["server"]}
+            "personal_init": fit_part["personal_init"], "server": fit_part["server"], "best": fit_part["best"]}
 
 
 #: What a state must hold: its tensors, its metadata, and the fit's part of the metadata.
-_TENSORS = ("shared", "personal", "personal_init", "server")
+_TENSORS = ("shared", "personal", "personal_init", "server", "best")
 _META = ("pfedest_version", "signature", "classes", "clients", "history", "settings", "callbacks", "fit")
-_FIT_META = ("plan", "progress", "seed", "stop_requested", "stop_reason", "data")
+_FIT_META = ("plan", "progress", "seed", "start_round", "stop_requested", "stop_reason", "data", "converged", "plateau")
 
 
 def _read_meta(state) -> dict:
@@ -448,6 +523,11 @@ def load_estimator_state(est, fit: FitState, state: dict, make_server) -> tuple[
     if meta["classes"] != est.classes_.tolist() or meta["clients"] != est.clients_.tolist():
         raise CheckpointError("The checkpoint was written for other classes or clients than this model's.")
     fit_meta = meta["fit"]
+    if fit.data is not None and fit_meta["start_round"] != fit.start_round:
+        raise OtherFitCheckpoint(
+            f"The checkpoint belongs to a fit that began after round {fit_meta['start_round']} of this model's "
+            f"history; this fit begins after round {fit.start_round} (a warm start continues from the model, not "
+            "from the checkpoints of an earlier fit).")
     if fit.data is not None and fit_meta["plan"] != fit.plan:
         raise CheckpointError(f"The checkpoint belongs to the training plan {fit_meta['plan']}, this fit's is "
                               f"{fit.plan} (pretrain_rounds, n_rounds or finetune_epochs changed).")
@@ -462,7 +542,8 @@ def load_estimator_state(est, fit: FitState, state: dict, make_server) -> tuple[
                                   f"this fit's: {exc}") from exc
     device = est.device_
     data = fit.data
-    fit.load_state_dict({"meta": fit_meta, "personal_init": state["personal_init"], "server": state["server"]},
-                        make_server=make_server, device=device)
-    fit.data = data
+    valid = fit.valid
+    fit.load_state_dict({"meta": fit_meta, "personal_init": state["personal_init"], "server": state["server"],
+                         "best": state["best"]}, make_server=make_server, device=device)
+    fit.data, fit.valid = data, valid
     return to_device(state["shared"], device), to_device(state["personal"], device), History(meta["history"])

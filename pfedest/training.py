@@ -7,30 +7,35 @@ function that runs one round of a stage with :func:`pfedest.core.rounds.run_roun
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
 from .core.algorithms import ALGORITHMS, StepSizes
 from .core.engine import auto_chunk_size, bytes_per_client, make_engine
-from .core.model import make_loss
+from .core.model import make_loss, mean_loss
 from .core.rounds import run_round
 from .core.sampling import RoundKeys, n_sampled, sample_clients
 from .core.schedules import make_schedule
 from .core.server import make_server_optimizer
+from .core.stopping import Plateau
 from .fit_state import ClientData, FitState
 from .nn.splits import make_split
 
 
-def run_plan(est, fit: FitState, plan: list, data: ClientData, callbacks) -> None:
+def run_plan(est, fit: FitState, plan: list, data: ClientData, callbacks, valid: ClientData = None) -> None:
     """Run the stages of ``plan`` (``[stage, rounds]`` pairs) on ``data`` with the callbacks' hooks.
 
     ``fit.progress`` counts the rounds done in each stage; a checkpoint restored by a callback in
-    ``on_train_begin`` sets it, and the plan continues from there.
+    ``on_train_begin`` sets it, and the plan continues from there. ``valid`` (rows held out of each
+    client) is scored after every training round, for ``early_stopping``.
     """
-    fit.start(plan, data)
+    fit.start(plan, data, valid, start_round=len(est.history_))
     try:
         for cb in callbacks:
             cb.on_train_begin(est)
@@ -50,6 +55,7 @@ def _run_stages(est, fit: FitState, data: ClientData, callbacks) -> None:
             if fit.progress[i] >= n_rounds:
                 continue
             run_one = stage_runner(est, fit, stage, data)
+            watch = _watcher(est, fit, data) if stage == "train" else None
             bar.set_description(stage)
             while fit.progress[i] < n_rounds and not fit.stop_requested:
                 round_number = len(est.history_) + 1
@@ -58,12 +64,70 @@ def _run_stages(est, fit: FitState, data: ClientData, callbacks) -> None:
                 record = run_one(fit.progress[i], n_rounds)
                 fit.progress[i] += 1
                 est.history_.append(record)
+                if watch is not None:
+                    watch(record)
                 for cb in callbacks:
                     cb.on_round_end(est, record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}")
+            if watch is not None:
+                _end_watch(est, fit, n_rounds)
     finally:
         bar.close()
+
+
+def _watcher(est, fit: FitState, data: ClientData):
+    """The stopping rule of the training stage: a function that takes each round's record.
+
+    With ``early_stopping``, it scores the held-out rows (``valid_loss``) and keeps the best
+    round's parameters; otherwise it watches the training loss averaged over the last pass over
+    the clients (``train_loss_pass``: as many rounds as it takes to sample every client once, on
+    average), since one round's loss depends on which clients it sampled. ``None`` with ``tol=None``.
+    """
+    valid = fit.valid if est.early_stopping else None
+    if est.tol is None and valid is None:
+        return None
+    if fit.plateau is None:  # a restored checkpoint brings its own
+        fit.plateau = Plateau("min", est.n_iter_no_change, est.tol or 0.0)
+    present = int(np.count_nonzero(data.counts))
+    window = -(-present // n_sampled(est.clients_per_round, present))
+    rows = None if valid is None else torch.as_tensor(valid.row_clients(), device=valid.X.device)
+    buffers = dict(est.module_.named_buffers())
+
+    def watch(record):
+        if valid is not None:
+            name = "valid_loss"
+            record[name] = mean_loss(est.module_, buffers, est.shared_params_, est.personal_params_, valid.X,
+                                     valid.y, rows)
+        else:
+            name = "train_loss_pass"
+            recent = [r["train_loss"] for r in est.history_[-window:] if r["stage"] == "train"]
+            record[name] = float(np.mean(recent)) if len(recent) == window else math.nan
+        if fit.plateau.update(record[name], record["round"]) and valid is not None:
+            fit.best = {"shared": {k: v.clone() for k, v in est.shared_params_.items()},
+                        "personal": {k: v.clone() for k, v in est.personal_params_.items()}}
+        if est.tol is not None and fit.plateau.reached:
+            fit.converged = True
+            fit.request_stop(f"converged: {name} has not improved by more than tol={est.tol:g} for "
+                             f"{est.n_iter_no_change} rounds (best {fit.plateau.best:.4g} in round "
+                             f"{fit.plateau.best_round}).")
+
+    return watch
+
+
+def _end_watch(est, fit: FitState, n_rounds: int) -> None:
+    """After the training stage: take back the best round (``early_stopping``); say why it ended."""
+    if fit.best is not None:
+        est.shared_params_ = fit.best["shared"]
+        for k, v in fit.best["personal"].items():
+            est.personal_params_[k].copy_(v)
+    if est.tol is not None and not fit.converged and not fit.stop_requested:
+        fit.stop_reason = (f"n_rounds: the {n_rounds} rounds ended before the monitored loss stopped improving by "
+                           f"more than tol={est.tol:g} for {est.n_iter_no_change} rounds.")
+        warnings.warn(f"{type(est).__name__} stopped after n_rounds={n_rounds} rounds before it converged "
+                      f"(the monitored loss still improved by more than tol={est.tol:g} within the last "
+                      f"{est.n_iter_no_change} rounds). Raise n_rounds or lr, or set tol=None to silence this.",
+                      ConvergenceWarning, stacklevel=2)
 
 
 def stage_runner(est, fit: FitState, stage: str, data: ClientData):
@@ -111,24 +175,45 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData):
     chunk_size = est.max_clients_per_batch or auto_chunk_size(
         est.device_, bytes_per_client(est.module_, data.X[:1], est.batch_size))
 
+    # the loss of the stage's first round in this model's history: a later one far above it diverged
+    reference = next((r["train_loss"] for r in est.history_ if r["stage"] == stage), None)
+    # a few training rows whose outputs must stay finite (their logits can overflow with finite weights)
+    probe = None if stage == "pretrain" else _probe_rows(data)
+
     def run_one(round_index, n_rounds):
+        nonlocal reference
         tic = time.perf_counter()
         factor = float(schedule(round_index, n_rounds))
         lr = StepSizes(shared=est.lr * factor, personal=(est.personal_lr or est.lr) * factor)
         # Every draw is keyed by (seed, round[, client]), as a Flower node draws it (pfedest.flower).
         round_number = len(est.history_) + 1
         sampled = sample_clients(np.random.default_rng([fit.seed, round_number]), present, sampled_per_round)
+        before = {k: v[sampled].clone() for k, v in personal_state.items()}  # to undo a round that diverged
         shared, result = run_round(
             algorithm=algorithm, engine=engine, shared=shared_in(), personal_state=personal_state,
             counts=data.counts, offsets=data.offsets, sampled=sampled, rng=RoundKeys(fit.seed, round_number),
             batch_size=est.batch_size, steps=steps, lr=lr, chunk_size=chunk_size, device=est.device_,
             aggregate=aggregate, server_optimizer=server, weights=weights)
-        if not result.finite or not all(torch.isfinite(v).all() for v in shared.values()):
-            raise FloatingPointError(
-                f"Training diverged in round {round_number} ({stage}): the loss or the shared parameters "
-                f"became NaN or infinite (loss {result.loss_sum / max(result.row_count, 1):.4g}). The "
-                f"model is kept as it was after round {round_number - 1}; lower lr (now {lr.shared:g}) "
-                "or scale the features.")
+        loss = result.loss_sum / max(result.row_count, 1.0)
+        problem = _divergence(est, result, loss, reference, shared, {k: v[sampled] for k, v in personal_state.items()},
+                              lr)
+        if problem:
+            for k, v in before.items():
+                personal_state[k][sampled] = v
+            raise FloatingPointError(f"Training diverged in round {round_number} ({stage}): {problem} The model is "
+                                     f"kept as it was after round {round_number - 1}.")
+        probe_loss = 0.0 if problem or probe is None else _probe_loss(est, shared, probe)
+        if not math.isfinite(probe_loss) or probe_loss > _limit(est, reference):
+            problem = (f"the model's loss on its training rows became {probe_loss:.4g} after the round although every "
+                       f"parameter is finite. Lower lr (now {lr.shared:g}), server_lr (now {est.server_lr:g}) or "
+                       "personal_lr, or scale the features.")
+        if problem:
+            for k, v in before.items():
+                personal_state[k][sampled] = v
+            raise FloatingPointError(f"Training diverged in round {round_number} ({stage}): {problem} The model is "
+                                     f"kept as it was after round {round_number - 1}.")
+        if reference is None:
+            reference = loss
         est.shared_params_ = merge(shared) if merge else shared
         return {
             "round": round_number,
@@ -142,3 +227,49 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData):
         }
 
     return run_one
+
+
+def _probe_rows(data: ClientData, n: int = 256):
+    """Up to ``n`` rows spread over the data: rows, labels, and the client of each."""
+    index = np.unique(np.linspace(0, len(data.X) - 1, num=min(n, len(data.X))).astype(int))
+    rows = torch.as_tensor(data.row_clients()[index], device=data.X.device)
+    index = torch.as_tensor(index, device=data.X.device)
+    return data.X[index], data.y[index], rows
+
+
+def _probe_loss(est, shared, probe) -> float:
+    """The loss of the model after a round on the probe rows: it can overflow with finite weights."""
+    X, y, rows = probe
+    return mean_loss(est.module_, dict(est.module_.named_buffers()), shared, est.personal_params_, X, y, rows)
+
+
+def _limit(est, reference) -> float:
+    """The loss above which a round has diverged: none in a stage's first round (unscaled features
+    can start far above the loss of guessing)."""
+    if reference is None:
+        return math.inf
+    n_outputs = len(getattr(est, "classes_", ())) or 2
+    return BLOWUP * max(reference, math.log(n_outputs) + 1.0)
+
+
+#: A round whose loss exceeds this many times the stage's first (at least the loss of guessing
+#: uniformly, plus one) has diverged, even if every number is still finite.
+BLOWUP = 100.0
+
+
+def _divergence(est, result, loss: float, reference, shared, sampled_personal, lr) -> str:
+    """What diverged in a round, with the setting to lower, or ``""``."""
+    limit = _limit(est, reference)
+    rates = f"lr (now {lr.shared:g})" + (f" or personal_lr (now {lr.personal:g})" if est.personal_lr else "")
+    if not result.finite or not math.isfinite(loss):
+        return f"the training loss became NaN or infinite. Lower {rates}, or scale the features."
+    if loss > limit:
+        return (f"the training loss rose to {loss:.4g}, over {BLOWUP:g} times its start ({limit / BLOWUP:.4g}). "
+                f"Lower {rates}, or scale the features.")
+    if not all(torch.isfinite(v).all() for v in sampled_personal.values()):
+        return (f"the personal parameters became NaN or infinite. Lower "
+                f"{'personal_lr' if est.personal_lr else 'lr'} (now {lr.personal:g}).")
+    if not all(torch.isfinite(v).all() for v in shared.values()):
+        return ("the server's step made the shared parameters NaN or infinite. Lower server_lr (now "
+                f"{est.server_lr:g}) or the server optimizer's lr.")
+    return ""

@@ -58,6 +58,8 @@ def check_client_ids(client_ids, n_samples: int, known=None) -> np.ndarray:
     Traceback (most recent call last):
     ...
     TypeError: client_ids are strings (['a', 'b'] ...) but this model's clients are numbers ([0, 1] ...); pass ids of the same type.
+    >>> check_client_ids(np.array([3.0]), 1, known=np.array([2**60])).dtype  # a whole float joins int ids
+    dtype('int64')
     """
     if client_ids is None:
         if known is not None and len(known) > 1:
@@ -80,7 +82,28 @@ def check_client_ids(client_ids, n_samples: int, known=None) -> np.ndarray:
         # NumPy would compare "0" with 0 as different clients, or turn the known ids into text
         raise TypeError(f"client_ids are {_id_kind(client_ids)}s ({client_ids[:3].tolist()} ...) but this model's "
                         f"clients are {_id_kind(known)}s ({known[:3].tolist()} ...); pass ids of the same type.")
+    if known is not None and len(client_ids) and _id_kind(known) == "number" and client_ids.dtype != known.dtype:
+        client_ids = _as_dtype_of(client_ids, known)
     return client_ids
+
+
+def _as_dtype_of(ids: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Numeric ids in the dtype of the model's ids, if every one converts exactly; else a TypeError.
+
+    Mixing dtypes would let NumPy promote the model's ids (int64 ids beside a float turn float64,
+    and ``2**60`` and ``2**60 + 1`` become one number), so new ids take the known ids' dtype or are
+    refused.
+    """
+    if known.dtype.kind == "O" or ids.dtype.kind == "O":
+        return ids  # Python numbers compare exactly by value
+    unique = np.unique(ids)
+    with np.errstate(all="ignore"):
+        converted = unique.astype(known.dtype)
+    inexact = [a for a, b in zip(unique.tolist(), converted.tolist()) if a != b]
+    if inexact:
+        raise TypeError(f"client_ids {inexact[:3]} have no exact {known.dtype} value, and this model's client ids are "
+                        f"{known.dtype}: mixing them would change the known ids. Pass ids of dtype {known.dtype}.")
+    return ids.astype(known.dtype)
 
 
 def _id_kind(ids: np.ndarray) -> str:

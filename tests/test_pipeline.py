@@ -150,7 +150,7 @@ def test_early_stopping_ends_the_stage_and_says_why(federated):
     stages = est.history_[:, "stage"]
     assert stages.count("train") == 3 and stages[-1] == "finetune"  # best at round 1, 2 more, stop
     assert "has not improved for 2" in est.stop_reason_
-    assert fit(federated).stop_reason_ is None
+    assert fit(federated, tol=None).stop_reason_ is None
     assert "in round 1)" in est.stop_reason_  # training's best
     assert (est.callbacks_[1].stage_, est.callbacks_[1].best_round_) == ("finetune", 4)  # each stage afresh
 

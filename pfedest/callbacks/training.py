@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 import tempfile
@@ -10,6 +9,7 @@ import uuid
 from pathlib import Path
 
 from .._files import FolderLock
+from ..core.stopping import Plateau
 from ..checkpoint import (LOCK_FILE, checkpoint_path, latest_checkpoint, list_checkpoints, read_owners,
                           save_checkpoint, write_owners)
 from .base import Callback, keeps_state
@@ -48,30 +48,32 @@ class EarlyStopping(Callback):
         self.min_delta = min_delta
 
     def on_train_begin(self, estimator):
-        if self.mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {self.mode!r}")
         self._start_stage(None)
 
     def _start_stage(self, stage):
-        self.best_ = -math.inf if self.mode == "max" else math.inf
-        self.best_round_ = None
-        self.waited_ = 0
+        # the estimator's own stopping rule (tol, n_iter_no_change) is the same Plateau
+        self.rule_ = Plateau(self.mode, self.patience, self.min_delta)
         self.stage_ = stage  # None: whatever stage the next record has
+
+    @property
+    def best_(self):
+        return self.rule_.best
+
+    @property
+    def best_round_(self):
+        return self.rule_.best_round
+
+    @property
+    def waited_(self):
+        return self.rule_.waited
 
     def on_round_end(self, estimator, record):
         stage = record.get("stage")
         if self.stage_ is not None and stage != self.stage_:
             self._start_stage(stage)
         self.stage_ = stage
-        value = record.get(self.monitor)
-        if value is None or math.isnan(value):
-            return
-        better = value > self.best_ + self.min_delta if self.mode == "max" else value < self.best_ - self.min_delta
-        if better:
-            self.best_, self.best_round_, self.waited_ = value, record["round"], 0
-            return
-        self.waited_ += 1
-        if self.waited_ >= self.patience:
+        self.rule_.update(record.get(self.monitor), record["round"])
+        if self.rule_.reached:
             estimator.request_stop(f"{self.monitor} has not improved for {self.patience} evaluations "
                                    f"(best {self.best_:.4g} in round {self.best_round_}).")
 
@@ -93,11 +95,10 @@ class EarlyStopping(Callback):
         >>> resumed.waited_
         1
         """
-        if not hasattr(self, "best_"):
+        if not hasattr(self, "rule_"):
             return {}
         # monitor and mode say what best means; load_state_dict checks them
-        return {"monitor": self.monitor, "mode": self.mode, "best": float(self.best_),
-                "best_round": self.best_round_, "waited": self.waited_, "stage": self.stage_}
+        return {"monitor": self.monitor, "mode": self.mode, **self.rule_.state_dict(), "stage": self.stage_}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state_dict()``; refuse one that tracked another value or direction."""
@@ -106,7 +107,7 @@ class EarlyStopping(Callback):
         if (state["monitor"], state["mode"]) != (self.monitor, self.mode):
             raise ValueError(f"The saved EarlyStopping state tracks monitor={state['monitor']!r}, "
                              f"mode={state['mode']!r}; this one monitor={self.monitor!r}, mode={self.mode!r}.")
-        self.best_, self.best_round_, self.waited_ = state["best"], state["best_round"], state["waited"]
+        self.rule_.load_state_dict(state)
         self.stage_ = state["stage"]
 
 

@@ -105,6 +105,25 @@ def personalized_logits(module: nn.Module, buffers: Params, shared: Params, pers
     return torch.cat(out)
 
 
+def mean_loss(module: nn.Module, buffers: Params, shared: Params, personal: Params, X: torch.Tensor,
+              y: torch.Tensor, rows_personal: torch.Tensor) -> float:
+    """Mean cross-entropy of each row of ``X`` under its own client's model (as :func:`personalized_logits`).
+
+    Examples
+    --------
+    >>> net = torch.nn.Linear(1, 2)
+    >>> shared, personal = {"weight": torch.zeros(2, 1)}, {"bias": torch.zeros(1, 2)}
+    >>> round(mean_loss(net, {}, shared, personal, torch.zeros(3, 1), torch.tensor([0, 1, 1]),
+    ...                 torch.zeros(3, dtype=torch.int64)), 4)  # log 2: both classes equally likely
+    0.6931
+    """
+    if len(X) == 0:
+        return float("nan")
+    with torch.no_grad():
+        logits = personalized_logits(module, buffers, shared, personal, X, rows_personal)
+        return float(F.cross_entropy(logits, y))
+
+
 def linear_loss(X: torch.Tensor, y: torch.Tensor):
     """The squared error of the smallest personalized model, ``x @ u["w"] + v["b"]``, on rows ``X[idx]``.
 
