@@ -359,7 +359,9 @@ class PersonalizedEstimator(BaseEstimator):
                 raise ValueError(f"client_ids holds clients the model has not been trained on: "
                                  f"{unseen.tolist()[:20]}{' ...' if len(unseen) > 20 else ''}. Train them with "
                                  "personalize(X, y, client_ids), or set unseen_clients='average' to answer "
-                                 "them with the known clients' average personal part.")
+                                 "them with the known clients' average personal part. To cross-validate, split "
+                                 "each client's rows (pfedest.evaluation.ClientKFold, or shuffled rows), so that "
+                                 "every client trains in every fold.")
             personal = {k: torch.cat([v, v.mean(0, keepdim=True)]) for k, v in personal.items()}
             rows = np.where(rows < 0, len(self.clients_), rows)
         device = self.device_

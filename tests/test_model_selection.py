@@ -176,3 +176,11 @@ def test_train_test_split_is_reproducible_and_accepts_frames():
 def test_train_test_split_refuses_bad_test_size(test_size, error):
     with pytest.raises(error, match="test_size"):
         train_test_split(np.zeros((4, 1)), np.zeros(4), [0, 0, 1, 1], test_size=test_size)
+
+
+def test_the_unseen_client_error_names_the_way_to_cross_validate():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    y, c = np.arange(20) % 2, np.repeat([0, 1], 10)
+    est = PartialPersonalizedClassifier(n_rounds=1, tol=None, hidden_layer_sizes=(4,), random_state=0).fit(X, y, c)
+    with pytest.raises(ValueError, match="ClientKFold"):
+        est.predict(X[:2], client_ids=[2, 2])
