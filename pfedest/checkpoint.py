@@ -59,6 +59,11 @@ class CheckpointError(ValueError):
     """
 
 
+class OtherFitCheckpoint(CheckpointError):
+    """A checkpoint of another fit of the same model (one before a ``warm_start`` fit): not a point
+    this fit can resume from, and no reason to stop it."""
+
+
 def save_checkpoint(state: dict, path) -> Path:
     """Write ``state`` (tensors, strings, numbers, nested dicts) atomically to ``path``.
 

@@ -27,7 +27,7 @@ from sklearn.utils import check_random_state
 
 from . import __version__
 from .callbacks.base import keeps_state
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, OtherFitCheckpoint
 from .core.devices import to_device
 from .core.schedules import make_schedule
 from .core.server import ServerOptimizer, make_server_optimizer
@@ -37,7 +37,7 @@ from .history import History
 from .nn.splits import make_split
 from .settings import RESUME_CHECKED
 
-__all__ = ["ClientData", "FitState", "OtherFitCheckpoint", "estimator_state", "load_estimator_state", "describe_setting",
+__all__ = ["ClientData", "FitState", "estimator_state", "load_estimator_state", "describe_setting",
            "training_settings", "stages_left", "seeds"]
 
 
@@ -310,11 +310,6 @@ def stages_left(plan, progress, stop_requested: bool) -> list:
     for i in range(current + int(bool(stop_requested))):
         progress[i] = max(progress[i], plan[i][1])
     return progress
-
-
-class OtherFitCheckpoint(CheckpointError):
-    """A checkpoint of another fit of the model (an earlier one, before a ``warm_start`` fit): not a
-    point this fit can resume from, and no reason to stop it."""
 
 
 # ------------------------------------------------------------------------------ settings

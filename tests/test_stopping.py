@@ -175,3 +175,17 @@ def test_a_fit_under_a_float64_default_dtype_trains_in_float64(data):
         torch.set_default_dtype(previous)
     assert all(v.dtype == torch.float64 for v in est.shared_params_.values())
     assert np.isfinite(est.predict_proba(X, c)).all()
+
+
+def test_a_warm_start_fit_with_a_checkpoint_trains_on_instead_of_resuming_the_last_fit(data, tmp_path):
+    X, y, c = data
+    plain = PartialPersonalizedClassifier(**SMALL, n_rounds=4, tol=None).fit(X, y, c)
+    plain.set_params(warm_start=True)
+    plain.fit(X, y, c)
+    saved = PartialPersonalizedClassifier(**SMALL, n_rounds=4, tol=None, callbacks=[Checkpoint(tmp_path, every=2)])
+    saved.fit(X, y, c)
+    saved.set_params(warm_start=True)
+    saved.fit(X, y, c)
+    assert len(saved.history_) == 8 and saved.callbacks_[0].resumed_from_ is None
+    for k in plain.shared_params_:
+        assert torch.equal(saved.shared_params_[k], plain.shared_params_[k]), k

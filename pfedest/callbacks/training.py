@@ -10,8 +10,8 @@ from pathlib import Path
 
 from .._files import FolderLock
 from ..core.stopping import Plateau
-from ..checkpoint import (LOCK_FILE, checkpoint_path, latest_checkpoint, list_checkpoints, read_owners,
-                          save_checkpoint, write_owners)
+from ..checkpoint import (LOCK_FILE, OtherFitCheckpoint, checkpoint_path, latest_checkpoint, list_checkpoints,
+                          read_owners, save_checkpoint, write_owners)
 from .base import Callback, keeps_state
 
 
@@ -221,7 +221,11 @@ class Checkpoint(Callback):
             found = latest_checkpoint(self.directory)
             if found is not None:
                 path, state = found
-                estimator.load_state_dict(state)
+                try:
+                    estimator.load_state_dict(state)
+                except OtherFitCheckpoint:
+                    # an earlier fit's: a warm start continues from the model and writes its own files
+                    return
                 self.resumed_from_ = str(path)
                 # the run continues: its files written before the interruption are its own
                 self.run_id_ = read_owners(self.directory).get(path.name, self.run_id_)
