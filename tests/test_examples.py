@@ -2,7 +2,7 @@
 
 
 def test_quickstart_table_has_the_baselines_and_head_beats_fedavg(capsys, load_example):
-    results = load_example("quickstart").main(["--clients", "10", "--rounds", "15"])
+    results = load_example("quickstart").main(["--clients", "10", "--rounds", "15", "--default-rounds", "3"])
     out = capsys.readouterr().out
     for label in ("FedAvg", "Local only", "personal head", "input layer", "adapters"):
         assert label in out

@@ -14,7 +14,8 @@ SMALL = """N_CLIENTS = 8
 N_ROUNDS = 3
 FOLDS = 2
 N_JOBS = 1
-FRACTIONS = [0.2]"""
+FRACTIONS = [0.2]
+DEFAULTS = {"n_rounds": 3}"""
 
 
 def with_small_settings(nb):

@@ -28,4 +28,4 @@ examples/quickstart.py``).
 # Its ``main`` with the arguments below; it draws no figure, the table is its printed output.
 from _gallery import run_example
 
-run_example("quickstart.py", "--clients 8 --rounds 10")
+run_example("quickstart.py", "--clients 8 --rounds 10 --default-rounds 20")
