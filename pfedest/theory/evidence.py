@@ -121,15 +121,12 @@ def bootstrap_fit(features, values, *, control=None, n_boot: int = 2000, level: 
                          f"positive at every setting, got {target}.")
     point = _log_fit(design, target)
     rng = check_random_state(random_state)
-    draws = []
-    for _ in range(n_boot):
-        sample = Y[rng.randint(len(Y), size=len(Y))].mean(0) - base
-        if np.all(sample > 0):
-            draws.append(_log_fit(design, sample))
-    if len(draws) < 0.99 * n_boot:
-        raise ValueError(f"{n_boot - len(draws)} of {n_boot} resamples had a non-positive mean: the noise is "
+    samples = Y[rng.randint(len(Y), size=(n_boot, len(Y)))].mean(1) - base  # [n_boot, n_settings]
+    valid = np.all(samples > 0, axis=1)
+    if valid.sum() < 0.99 * n_boot:
+        raise ValueError(f"{n_boot - valid.sum()} of {n_boot} resamples had a non-positive mean: the noise is "
                          "too large for a log-log fit; run more seeds.")
-    draws = np.array(draws)
+    draws = np.linalg.lstsq(design, np.log(samples[valid]).T, rcond=None)[0][1:].T  # [n_valid, n_features]
     tail = 50.0 * (1.0 - level)
     low, high = np.percentile(draws, [tail, 100.0 - tail], axis=0)
     return [Estimate(float(p), float(lo), float(hi), level, len(Y)) for p, lo, hi in zip(point, low, high)]

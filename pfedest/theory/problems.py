@@ -350,6 +350,32 @@ class PersonalizedProblem:
         mu = self._strong_convexity(H_uu, H_uv, H_vv)
         return Constants(L_u=L_u, L_v=L_v, L_uv=L_uv, chi=float(L_uv / np.sqrt(L_u * L_v)), mu=float(mu))
 
+    def constants_at(self, u, V) -> Constants:
+        """The smoothness constants of the Hessian at one point: values attained there.
+
+        ``L_u``, ``L_v`` and ``L_uv`` of the returned :class:`Constants` are the largest block
+        norms of the clients' Hessians at ``(u, V)`` (``chi`` from them; ``mu`` the smallest joint
+        eigenvalue there), so ``constants_at(x).L_b <= constants.L_b`` at every ``x``. For least
+        squares the Hessian is constant: equal everywhere. For logistic regression ``l''`` is
+        largest (1/4) at margin 0, so at the origin ``L_u`` and ``L_v`` are attained; ``L_uv`` there
+        is a lower bound on the cross term, which :attr:`constants` bounds from above
+        (``docs/theory.md`` reports the gap).
+
+        Examples
+        --------
+        >>> from pfedest.theory.generators import make_logistic
+        >>> p = make_logistic(n_clients=3, n_samples_per_client=10, random_state=0)
+        >>> here = p.constants_at(np.zeros(5), np.zeros((3, 3)))
+        >>> bool(np.isclose(here.L_u, p.constants.L_u)), bool(here.L_uv <= p.constants.L_uv)
+        (True, True)
+        """
+        H_uu, H_uv, H_vv = self.client_hessians(u, V)
+        L_u, L_v = float(lambda_max(H_uu).max()), float(lambda_max(H_vv).max())
+        L_uv = float(spectral_norm(H_uv).max())
+        joint = np.block([[H_uu, H_uv], [np.swapaxes(H_uv, 1, 2), H_vv]])
+        return Constants(L_u=L_u, L_v=L_v, L_uv=L_uv, chi=float(L_uv / np.sqrt(L_u * L_v)),
+                         mu=float(np.linalg.eigvalsh(joint)[:, 0].min()))
+
     def _cross_bound(self, H_uv):
         return spectral_norm(H_uv)
 

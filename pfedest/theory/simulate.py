@@ -50,6 +50,8 @@ class Ensemble:
     participation : float
     objective_gap, stationarity, stationarity_shared : ndarray of shape (n_seeds, T + 1)
     measured : ndarray of shape (n_seeds, T)
+    noise_shared, noise_personal : ndarray of shape (n_seeds, T) or None
+        Recorded with ``noise=True`` (for :func:`pfedest.theory.rates.descent_bound`).
     shared : ndarray of shape (n_seeds, d_u)
     personal : ndarray of shape (n_seeds, n_clients, d_v)
 
@@ -76,6 +78,8 @@ class Ensemble:
     measured: np.ndarray
     shared: np.ndarray
     personal: np.ndarray
+    noise_shared: Optional[np.ndarray] = None
+    noise_personal: Optional[np.ndarray] = None
 
     @property
     def n_rounds(self) -> int:
@@ -126,6 +130,24 @@ class _Batched:
         k = self.p.constants
         return np.sum(g_u * g_u, 1) / k.L_u, np.sum(g_v * g_v, 2) @ self.p.alpha / k.L_v
 
+    def noise(self, U, V, batch_size, m):
+        """``N_u`` and ``N_v`` of :meth:`PersonalizedProblem.update_noise` per seed."""
+        p, n = self.p, self.p.n_clients
+        s = p._dloss(self.margins(U, V), p.y)[..., None]
+        b = np.minimum(batch_size, p.counts)
+        factor = np.where(p.counts > 1, (p.counts - b) / (b * np.maximum(p.counts - 1, 1)), 0.0)
+        var, means = [], []
+        for rows in (s * p.A + p.noise_u, s * p.B + p.noise_v):
+            mean = self.client_means(rows)
+            var.append(factor * self.client_means(np.sum((rows - mean[:, self.c]) ** 2, -1)))
+            means.append(mean)
+        if m == n:
+            N_u = var[0] @ p.alpha ** 2
+        else:
+            spread = means[0] - np.einsum("n,snd->sd", p.alpha, means[0])[:, None]
+            N_u = (n - m) / (m * (n - 1)) * (np.sum(spread ** 2, -1) @ p.alpha) + var[0].sum(1) / (m * n)
+        return N_u, (m / n) * (var[1] @ p.alpha)
+
     def step(self, U, V, idx, mask, lr_u, lr_v):
         """One SGD step of each (seed, client) on its minibatch: ``U, V [S, m, d]``, ``idx, mask [S, m, b]``."""
         p = self.p
@@ -145,7 +167,7 @@ class _Batched:
 def simulate(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, lr_shared: float, lr_personal: float,
              clients_per_round: Optional[int] = None, local_steps: Union[int, Tuple[int, int]] = 1,
              batch_size: Optional[int] = None, n_seeds: int = 1, draws: str = "fast", init=None,
-             random_state: Union[None, int, Sequence[int]] = None) -> Ensemble:
+             random_state: Union[None, int, Sequence[int]] = None, noise: bool = False) -> Ensemble:
     """Run FedAlt or FedSim on ``problem`` for ``n_seeds`` seeds at once, in NumPy, measuring every round.
 
     Parameters
@@ -159,6 +181,9 @@ def simulate(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, lr_
         minibatches. ``"keyed"``: seed ``s`` draws what ``run(..., random_state=r_s)`` draws, with
         ``r_s = random_state[s]`` (a sequence) or ``random_state + s`` (an int).
     random_state : int, sequence of int or None, default=None
+    noise : bool, default=False
+        Also record each round's update noise ``N_u``, ``N_v`` (as the driver does; a third more
+        time per round).
 
     Returns
     -------
@@ -222,7 +247,7 @@ def simulate(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, lr_
     seeds = np.arange(n_seeds)[:, None]
     F_star = problem.optimum[2]
     participation = m / n
-    gap, stat, stat_u, measured = [], [], [], []
+    gap, stat, stat_u, measured, noise_u, noise_v = [], [], [], [], [], []
     here = batched.terms(U, V)
 
     def record(U, V, here):
@@ -250,6 +275,9 @@ def simulate(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, lr_
         U_new = np.einsum("sm,smd->sd", weights, U_c) / weights.sum(1, keepdims=True)
         start = batched.terms(U, V_new)[0] if algorithm == "fedalt" else here[0]
         measured.append(start + participation * here[1])
+        if noise:
+            noise_u.append(batched.noise(U, V_new if algorithm == "fedalt" else V, b, m)[0])
+            noise_v.append(batched.noise(U, V, b, m)[1])
         U, V = U_new, V_new
         here = batched.terms(U, V)
         record(U, V, here)
@@ -258,4 +286,5 @@ def simulate(problem: PersonalizedProblem, algorithm: str, n_rounds: int, *, lr_
     return Ensemble(algorithm=algorithm, lr_shared=float(lr_shared), lr_personal=float(lr_personal),
                     local_steps=(personal_steps, shared_steps), batch_size=b, clients_per_round=m,
                     participation=participation, objective_gap=stack(gap), stationarity=stack(stat),
-                    stationarity_shared=stack(stat_u), measured=stack(measured), shared=U, personal=V)
+                    stationarity_shared=stack(stat_u), measured=stack(measured), shared=U, personal=V,
+                    noise_shared=stack(noise_u) if noise else None, noise_personal=stack(noise_v) if noise else None)
