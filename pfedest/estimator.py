@@ -36,7 +36,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
     algorithm : {"fedalt", "fedsim"}, default="fedalt"
         FedAlt updates the personal part first (shared part fixed), then the shared part (new
         personal part fixed); FedSim updates both in the same local steps.
-    n_rounds : int, default=50
+    n_rounds : int, default=300
         The most communication rounds of training per call to ``fit`` (scikit-learn's iterative
         estimators call this ``max_iter``; a federated run counts rounds, each a sample of clients).
         Training stops earlier when it has converged (``tol``).
@@ -60,7 +60,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
     personal_steps, shared_steps : int or None, default=None
         Local SGD steps on the personal and on the shared part; ``None`` is one epoch over the
         client's rows. FedSim takes ``shared_steps`` joint steps.
-    lr : float, default=0.1
+    lr : float, default=0.3
         Client learning rate of the shared part (and of the personal part unless ``personal_lr``).
     personal_lr : float or None, default=None
         Client learning rate of the personal part; ``None`` uses ``lr``.

@@ -72,7 +72,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("split", "head", [StrOptions(set(NAMED_SPLITS)), list, tuple, callable, HasMethods(["resolve"])],
             "model", "model"),
     Setting("algorithm", "fedalt", [StrOptions({"fedalt", "fedsim"})], "training", "run_config"),
-    Setting("n_rounds", 50, [_positive_int()], "plan", "run_config"),
+    # calibrated on benchmarks/calibrate_defaults.py's suite (docs/guide/defaults.rst): the stopping
+    # rule ends most fits long before the budget
+    Setting("n_rounds", 300, [_positive_int()], "plan", "run_config"),
     # the stopping rule decides how many of the n_rounds run: a resumed fit must keep it
     Setting("tol", 1e-4, [None, Interval(Real, 0, None, closed="left")], "training", "unsupported"),
     Setting("n_iter_no_change", 10, [_positive_int()], "training", "unsupported"),
@@ -82,7 +84,7 @@ SETTINGS: tuple[Setting, ...] = (
             "run_config"),
     Setting("personal_steps", None, [None, _positive_int(0)], "training", "run_config"),
     Setting("shared_steps", None, [None, _positive_int(0)], "training", "run_config"),
-    Setting("lr", 0.1, [_POSITIVE], "training", "run_config"),
+    Setting("lr", 0.3, [_POSITIVE], "training", "run_config"),
     Setting("personal_lr", None, [None, _POSITIVE], "training", "run_config"),
     Setting("batch_size", 32, [_positive_int()], "training", "run_config"),
     Setting("server_lr", 1.0, [_POSITIVE], "training", "run_config"),
@@ -136,7 +138,7 @@ def defaults() -> dict:
     Examples
     --------
     >>> defaults()["lr"], defaults()["split"]
-    (0.1, 'head')
+    (0.3, 'head')
     """
     return {s.name: s.default for s in SETTINGS}
 
