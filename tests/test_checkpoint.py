@@ -186,7 +186,7 @@ def resume(federated, directory, **changed):
 
 
 @pytest.mark.parametrize("changed, shown", [
-    ({"lr": 0.05}, ["lr=0.1 in the checkpoint, 0.05 in this fit"]),
+    ({"lr": 0.05}, ["lr=0.3 in the checkpoint, 0.05 in this fit"]),
     ({"weighting": "uniform"}, ["weighting='samples' in the checkpoint, 'uniform' in this fit"]),
     ({"algorithm": "fedsim"}, ["algorithm='fedalt' in the checkpoint, 'fedsim' in this fit"]),
     ({"server_lr": 0.02, "lr_schedule": "step", "random_state": 1, "batch_size": 8, "clip_grad_norm": 1.0},
