@@ -138,6 +138,17 @@ def describe(name: str, seed: int = 0) -> dict:
                                                             int(sizes.max()))}
 
 
+def suite_table() -> str:
+    """The suite as a markdown table: source, shifts, rows, clients, client sizes (seed 0)."""
+    lines = ["| data set | source and dealing | shifts | rows | clients | rows per client (min, median, max) | "
+             "classes | features |", "|---|---|---|---|---|---|---|---|"]
+    for name, data in SUITE.items():
+        d = describe(name)
+        lines.append(f"| {name} | {data.source} | {data.shifts} | {d['rows']} | {d['clients']} | "
+                     f"{', '.join(map(str, d['sizes']))} | {d['classes']} | {d['features']} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------- the fits
 def fixed_rounds(rounds: int) -> dict:
     """Parameters that make a fit run exactly ``rounds`` rounds (no stopping rule)."""
@@ -241,7 +252,8 @@ def table(rows) -> str:
     lines = ["| data set | split | tuned reference (lr, rounds) | default fit (rounds) | ratio | default s | "
              "grid s |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        flag = "" if r["split"] != "head" or r["meets_goal"] else " **miss**"
+        flag = "" if r["split"] != "head" or r["meets_goal"] else \
+            f" **miss**{' (< FedAvg)' if r['ratio'] >= GOAL else ''}"
         lines.append(f"| {r['data set']} | {r['split']} | {r['reference']:.3f} ({r['lr']:g}, {r['ref_rounds']}) | "
                      f"{r['default']:.3f} ({r['rounds']}{'*' if r['warned'] else ''}) | {r['ratio']:.3f}{flag} | "
                      f"{r['seconds']:.1f} | {r['grid_seconds']:.0f} |")
@@ -286,7 +298,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--every", type=int, default=10, help="score the reference fits every this many rounds")
     parser.add_argument("--cache", default=None, help="JSON file of reference curves, read and extended")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: small models, shared cores)")
+    parser.add_argument("--describe", action="store_true", help="print the suite's data sets and exit")
     args = parser.parse_args(argv)
+    if args.describe:
+        print(suite_table())
+        return []
     if args.quick:
         args.lrs, args.seeds, args.max_rounds = "0.1,0.3,1.0", 1, 150
     names = [n for n in args.datasets.split(",") if n]
