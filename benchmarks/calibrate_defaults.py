@@ -29,7 +29,7 @@ Examples
     nice -n 10 python benchmarks/calibrate_defaults.py --quick
     nice -n 10 python benchmarks/calibrate_defaults.py --cache /tmp/reference.json
     nice -n 10 python benchmarks/calibrate_defaults.py --cache /tmp/reference.json \\
-        --splits head,none --params lr=0.3 max_iter=300
+        --splits head,none --params n_iter_no_change=20
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def tuned_reference(cache, name, split, lrs, seeds, rounds, every) -> dict:
 
 # ----------------------------------------------------------------------------------- the table
 def parse_params(items) -> dict:
-    """``["lr=0.3", "max_iter=300", "split=head"]`` -> ``{"lr": 0.3, "max_iter": 300, "split": "head"}``."""
+    """``["lr=0.3", "n_rounds=300", "split=head"]`` -> ``{"lr": 0.3, "n_rounds": 300, "split": "head"}``."""
     params = {}
     for item in items or ():
         key, sep, value = item.partition("=")
@@ -291,7 +291,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--datasets", default=",".join(SUITE), help="comma-separated names (default: all)")
     parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits (default: all four)")
     parser.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="candidate defaults for the default fit, e.g. lr=0.3 max_iter=300")
+                        help="candidate defaults for the default fit, e.g. lr=0.3 n_rounds=300")
     parser.add_argument("--lrs", default="0.03,0.1,0.3,1.0", help="learning rates of the reference grid")
     parser.add_argument("--seeds", type=int, default=2, help="seeds (data deal, hold-out and model) averaged")
     parser.add_argument("--max-rounds", type=int, default=300, help="rounds of each reference fit")
