@@ -57,11 +57,12 @@ def deterministic(problem, n_rounds):
         T = np.arange(1, n_rounds + 1)
         window = T >= max(2, n_rounds // 10)
         lower, upper = round_bounds(problem, traj)
-        live = traj.measured > 1e-12  # F_t - F_{t+1} is rounded to about 1e-15
+        # D_t = F_t - F_{t+1}, each F rounded to about 1e-16 |F*|: compare where D_t is resolved to 1e-6.
+        live = -np.diff(traj.objective_gap) > 1e-9 * max(1.0, abs(problem.optimum[2]))
         out[alg] = {"eta": eta, "traj": traj, "running_mean": mean, "bound": trajectory_bound(problem, traj),
                     "slope": fit_slope(T[window], mean[window]),
-                    "between": bool(np.all(lower[live] <= traj.measured[live] * (1 + 1e-9))
-                                    and np.all(traj.measured[live] <= upper[live] * (1 + 1e-9))),
+                    "between": bool(np.all(lower[live] <= traj.measured[live] * (1 + 1e-6))
+                                    and np.all(traj.measured[live] <= upper[live] * (1 + 1e-6))),
                     "rho_predicted": linear_rate(problem, alg, lr_u, lr_v)}
         try:
             out[alg]["rho_measured"] = fit_linear_rate(traj.distance, low=1e-11, high=traj.distance[0] * 1e-2)

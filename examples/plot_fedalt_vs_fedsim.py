@@ -179,7 +179,7 @@ def plot(det_rows, noise_rows, etas, args, path):
     ax.set_yscale("log")
     ax.set(xlabel=r"personal gradient noise $\sigma_v^2 / L_v$ at the optimum (minibatch of "
                   f"{args.batch_size})",
-           ylabel=r"shared stationarity floor  $\|\nabla_u F\|^2 / L_u$  (2nd half of the run)",
+           ylabel=r"shared stationarity floor  $\|\nabla_u F\|^2 / L_u$  (last 4/5 of the run)",
            title=f"Minibatches, constant step $\\eta$={args.eta:g}: shared noise floor")
     ax.legend(fontsize=8)
 
@@ -198,8 +198,8 @@ def plot(det_rows, noise_rows, etas, args, path):
            ylabel="FedSim minus FedAlt, shared stationarity floor",
            title=r"FedSim $-$ FedAlt, paired by seed (mean $\pm$ s.e.)")
     ax.legend(fontsize=8)
-    fig.suptitle(f"FedAlt vs FedSim on personalized least squares: n={args.clients} clients, "
-                 f"{args.samples} rows each, one local step per block", fontsize=11)
+    fig.suptitle(f"FedAlt vs FedSim on least squares whose coupling alone moves (L_u = L_v = 1, mu = {args.mu:g}): "
+                 f"n={args.clients} clients, {args.samples} rows each, one local step per block", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -19,11 +19,16 @@ Three kinds of prediction, kept apart because they are not equally certain:
    and full participation a round is an affine map ``x -> x* + J (x - x*)`` of ``x = (u, V)``; its
    spectral radius is the linear convergence factor of the last iterate (for logistic regression:
    of the Jacobian at the optimum, locally).
-3. **Recalled, shape only** (:func:`recalled_rate`, :data:`PREDICTED_SLOPES`): the paper's rates
-   for smooth nonconvex objectives (arXiv 2204.03809) have the shape
+3. **Recalled, shape only** (:func:`recalled_rate`): the paper's rates for smooth nonconvex
+   objectives (arXiv 2204.03809), as this project recalls them, have the shape
    ``sqrt(dF0 s1 / T) + (dF0^2 s2 / T^2)^(1/3) + dF0 / T``. The theorems' text was not available to
    this project, so their constants are unknown here: use these for exponents and trends only,
-   never as upper bounds.
+   never as upper bounds, and never as "what the paper states".
+
+:func:`round_bounds` is the per-round form of 1 with its convexity counterpart from below: a round's
+measure lies between ``(F_t - F_{t+1}) / max(L_u gamma_u, L_v gamma_v)`` and ``K (F_t - F_{t+1})``
+(plus the noise term). :data:`PREDICTED_SLOPES` and :data:`PREDICTED_FLOOR_EXPONENTS` are the
+limits of 1 as ``T -> oo`` or ``eta -> 0``.
 """
 
 from __future__ import annotations
