@@ -8,6 +8,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 
 from .base import PersonalizedEstimator
+from .core.model import cross_entropy
 from .validation import encode_labels
 
 
@@ -196,6 +197,9 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
 
     def _encode_targets(self, y) -> np.ndarray:
         return encode_labels(self.classes_, y)
+
+    def _criterion(self):
+        return cross_entropy(len(self.classes_))
 
     # -------------------------------------------------------------- predict
     def predict_proba(self, X, client_ids=None):
