@@ -51,13 +51,15 @@ class PartialPersonalizedRegressor(RegressorMixin, PersonalizedEstimator):
                  compile=False, device="auto", unseen_clients="error", pretrain_rounds=0, finetune_epochs=0,
                  server_optimizer="sgd", server_momentum=0.0, weighting="samples", lr_schedule="constant",
                  clip_grad_norm=None, personal_l2=0.0, personal_l2_target="zero", callbacks=None, warm_start=False,
-                 verbose=0, random_state=None, loss="squared_error", epsilon=1.35):
+                 verbose=0, random_state=None, loss="squared_error", epsilon=1.35,
+                 normalize_y=True):
         # every parameter but the regressor's own goes to the base, by name (the registry holds them)
         shared = {name: value for name, value in locals().items()
-                  if name not in ("self", "__class__", "loss", "epsilon")}
+                  if name not in ("self", "__class__", "loss", "epsilon", "normalize_y")}
         super().__init__(**shared)
         self.loss = loss
         self.epsilon = epsilon
+        self.normalize_y = normalize_y
 
     # ------------------------------------------------------------ targets
     def _check_targets(self, y):
@@ -67,6 +69,9 @@ class PartialPersonalizedRegressor(RegressorMixin, PersonalizedEstimator):
     def _init_targets(self, y) -> int:
         values = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         self.n_outputs_ = values.shape[1]
+        if not self.normalize_y:
+            self.y_mean_, self.y_scale_ = np.zeros(self.n_outputs_), np.ones(self.n_outputs_)
+            return self.n_outputs_
         self.y_mean_ = values.mean(axis=0)
         scale = values.std(axis=0)
         # a constant output is centred, not divided by ~0 (scikit-learn's StandardScaler does the same)
@@ -157,8 +162,14 @@ loss : {"squared_error", "huber"}, default="squared_error"
     The loss on standardized targets: half the squared error, or Huber's (half the squared error
     within ``epsilon`` of the target, linear beyond it: outliers pull with bounded force).
 epsilon : float > 0, default=1.35
-    Where ``loss="huber"`` turns linear, in standard deviations of ``y`` (``y`` is standardized
-    for training). 1.35 is :class:`sklearn.linear_model.HuberRegressor`'s default.
+    Where ``loss="huber"`` turns linear, in standard deviations of ``y`` (in units of ``y`` with
+    ``normalize_y=False``). 1.35 is :class:`sklearn.linear_model.HuberRegressor`'s default.
+normalize_y : bool, default=True
+    Train on ``y`` standardized per output (mean 0, variance 1; ``y_mean_``, ``y_scale_``) and
+    map the predictions back, as :class:`sklearn.gaussian_process.GaussianProcessRegressor`
+    does with ``normalize_y=True``: the default learning rate and loss scale then fit ``y`` of
+    any units. ``False`` trains on ``y`` as given (``y_mean_ = 0``, ``y_scale_ = 1``): for a
+    ``module`` without an output bias, whose model class a centred ``y`` would change.
 """
 
 _OWN_ATTRIBUTES = """\
@@ -166,8 +177,8 @@ n_outputs_ : int
     Outputs per row (columns of ``y``; 1 for a 1-D ``y``).
 y_mean_, y_scale_ : ndarray of shape (n_outputs,)
     Mean and standard deviation (1 for a constant output) of each output in the first ``fit``'s
-    ``y``: the network learns ``(y - y_mean_) / y_scale_``, ``predict`` maps back. A warm start or
-    ``personalize`` keeps them.
+    ``y`` (0 and 1 with ``normalize_y=False``): the network learns ``(y - y_mean_) / y_scale_``,
+    ``predict`` maps back. A warm start or ``personalize`` keeps them.
 """
 
 

@@ -3,7 +3,9 @@
 Every part of pfedest that needs to know the parameters reads this registry: the estimator (its
 ``_parameter_constraints``; a test holds its ``__init__`` to the same names and defaults), the
 checkpoint checks (a resumed fit must have the same :data:`RESUME_CHECKED` settings) and the Flower
-app (which settings become run-config keys, which it ignores by design).
+app (which settings become run-config keys, which it ignores by design). :data:`SETTINGS` are every
+estimator's; :data:`HEAD_SETTINGS` those of one head only (the regressor's ``loss``), which follow
+the shared ones in that head's ``__init__`` and which the other head does not accept.
 
 A setting's ``role`` says what it changes:
 
@@ -123,6 +125,8 @@ HEAD_SETTINGS: dict[str, tuple[Setting, ...]] = {
         # in standard deviations of y (the regressor standardizes it); 1.35 is HuberRegressor's default,
         # 95 % as efficient as least squares under Gaussian noise
         Setting("epsilon", 1.35, [_POSITIVE], "training", "unsupported"),
+        # scikit-learn's GaussianProcessRegressor name; on by default here (see pfedest.regressor)
+        Setting("normalize_y", True, ["boolean"], "training", "unsupported"),
     ),
 }
 
@@ -145,8 +149,8 @@ def names(head: str = "classifier") -> list[str]:
 
     Examples
     --------
-    >>> names()[:3], names("regressor")[-2:]
-    (['module', 'split', 'algorithm'], ['loss', 'epsilon'])
+    >>> names()[:3], names("regressor")[-3:]
+    (['module', 'split', 'algorithm'], ['loss', 'epsilon', 'normalize_y'])
     """
     return [s.name for s in _settings(head)]
 
