@@ -97,8 +97,8 @@ class PersonalizedEstimator(BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features) or ``(n_samples, *shape)``
             Rows of all clients.
-        y : array-like of shape (n_samples,)
-            Labels (any type scikit-learn accepts).
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Labels (any type scikit-learn accepts), or a regressor's values (one or more a row).
         client_ids : array-like of shape (n_samples,), default=None
             The client of each row (ints or strings). ``None``: all rows belong to one client.
 

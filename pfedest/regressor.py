@@ -5,13 +5,18 @@ targets are (one or several real values a row), how they are scaled for training
 (squared error, or Huber). Everything else (the rounds, FedAlt and FedSim, the engines, the splits,
 callbacks, checkpoints, ``personalize``) is the base's.
 
-Targets are standardized inside ``fit``: the mean and standard deviation of each output are learned
-from the first fit's ``y`` (``y_mean_``, ``y_scale_``), the network is trained on ``(y - y_mean_) /
-y_scale_`` and ``predict`` maps its outputs back. scikit-learn users do not scale ``y`` themselves for
-its MLP either (they may, with ``TransformedTargetRegressor``); here it matters more, because the
-defaults (``lr=0.3``, the divergence guard) were calibrated on cross-entropy, whose gradients are of
-order one: on standardized targets the squared error starts at about 0.5 (the loss of predicting
-the mean) with gradients of order one too, whatever the units of ``y``.
+Targets are standardized inside ``fit`` (``normalize_y=True``, the default): the mean and standard
+deviation of each output are learned from the first fit's ``y`` (``y_mean_``, ``y_scale_``), the
+network is trained on ``(y - y_mean_) / y_scale_`` and ``predict`` maps its outputs back, as
+:class:`~sklearn.gaussian_process.GaussianProcessRegressor` does with ``normalize_y=True`` (its
+:class:`~sklearn.neural_network.MLPRegressor` trains on ``y`` as given, and users wrap it in a
+``TransformedTargetRegressor``). It is on by default because the defaults (``lr=0.3``, the divergence
+guard) were calibrated on cross-entropy, whose gradients are of order one: on standardized targets
+the squared error starts at about 0.5 (the loss of predicting the mean) with gradients of order one
+too, whatever the units of ``y``. ``normalize_y=False`` trains on ``y`` as given, for a module
+without an output bias (centring would add an intercept it does not have), such as the linear model
+of :class:`pfedest.theory.problems.PersonalizedLeastSquares`, whose optimum the regressor then
+reaches (``tests/test_regressor.py``).
 """
 
 from __future__ import annotations
@@ -197,11 +202,11 @@ parameters; the shared parameters are averaged by a server, as in
 value a row, or several (multi-output); it is standardized for training (``y_mean_``,
 ``y_scale_``) and ``predict`` answers in its units. ``score`` is :math:`R^2`.
 
-{params}{_OWN_PARAMETERS}
-Where the parameters above speak of classes: a callable ``module`` is called as
+Where the parameters below speak of classes: a callable ``module`` is called as
 ``module(n_features, n_outputs)``, and ``early_stopping`` holds out rows spread over the range of
 each client's (first) target.
 
+{params}{_OWN_PARAMETERS}
 {attributes}
 See Also
 --------
