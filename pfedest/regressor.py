@@ -8,9 +8,9 @@ callbacks, checkpoints, ``personalize``) is the base's.
 Targets are standardized inside ``fit`` (``normalize_y=True``, the default): the mean and standard
 deviation of each output are learned from the first fit's ``y`` (``y_mean_``, ``y_scale_``), the
 network is trained on ``(y - y_mean_) / y_scale_`` and ``predict`` maps its outputs back, as
-:class:`~sklearn.gaussian_process.GaussianProcessRegressor` does with ``normalize_y=True`` (its
-:class:`~sklearn.neural_network.MLPRegressor` trains on ``y`` as given, and users wrap it in a
-``TransformedTargetRegressor``). It is on by default because the defaults (``lr=0.3``, the divergence
+:class:`~sklearn.gaussian_process.GaussianProcessRegressor` does with ``normalize_y=True``
+(scikit-learn's :class:`~sklearn.neural_network.MLPRegressor` trains on ``y`` as given; its users
+wrap it in a ``TransformedTargetRegressor``). It is on by default because the defaults (``lr=0.3``, the divergence
 guard) were calibrated on cross-entropy, whose gradients are of order one: on standardized targets
 the squared error starts at about 0.5 (the loss of predicting the mean) with gradients of order one
 too, whatever the units of ``y``. ``normalize_y=False`` trains on ``y`` as given, for a module
