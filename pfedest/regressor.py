@@ -221,7 +221,7 @@ Examples
 >>> rng = np.random.default_rng(0)
 >>> X, c = rng.normal(size=(80, 3)), np.repeat([0, 1], 40)
 >>> y = X @ [1.0, -2.0, 0.5] + np.where(c == 0, 10.0, -10.0)  # each client its own offset
->>> est = PartialPersonalizedRegressor(n_rounds=30, tol=None, random_state=0).fit(X, y, client_ids=c)
+>>> est = PartialPersonalizedRegressor(n_rounds=10, tol=None, random_state=0).fit(X, y, client_ids=c)
 >>> est.predict(X[:2], client_ids=c[:2]).shape, est.score(X, y, client_ids=c) > 0.9
 ((2,), True)
 """
