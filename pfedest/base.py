@@ -239,6 +239,31 @@ class PersonalizedEstimator(BaseEstimator):
         self._train([["personalize", epochs]], X, codes, rows, callbacks=[])
         return self
 
+    def client_report(self, X, y, client_ids, baseline=None):
+        """Every client's score on its own rows (a classifier's accuracy, a regressor's :math:`R^2`), against a
+        ``baseline`` model if given.
+
+        See :func:`pfedest.evaluation.report.client_report` (summary rows, clients made worse, worst client).
+
+        Parameters
+        ----------
+        X, y, client_ids : array-like
+        baseline : fitted estimator of the same kind, default=None
+            E.g. the same estimator fitted with ``split="none"`` (FedAvg).
+
+        Returns
+        -------
+        report : pfedest.evaluation.report.ClientReport
+        """
+        from .evaluation.report import client_report
+
+        return client_report(self, X, y, client_ids, baseline=baseline)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
     # ------------------------------------------------------------ internals
     def _train(self, plan, X, codes, rows, callbacks) -> None:
         data = ClientData.from_rows(X, codes, rows, len(self.clients_), self.device_, dtype=_dtype(self.module_))

@@ -164,8 +164,9 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
 
     See Also
     --------
-    pfedest.base.PersonalizedEstimator : ``fit``, ``initialize``, ``personalize``, ``state_dict``,
-        ``load_state_dict`` and ``request_stop``, which every pfedest estimator shares.
+    pfedest.base.PersonalizedEstimator : ``fit``, ``initialize``, ``personalize``, ``client_report``,
+        ``state_dict``, ``load_state_dict`` and ``request_stop``, which every pfedest estimator shares.
+    pfedest.PartialPersonalizedRegressor : the same model for real-valued targets.
     pfedest.settings : every parameter, its default and what it changes, in one registry.
 
     Examples
@@ -252,27 +253,3 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         from sklearn.metrics import accuracy_score
 
         return accuracy_score(y, self.predict(X, client_ids), sample_weight=sample_weight)
-
-    def client_report(self, X, y, client_ids, baseline=None):
-        """Every client's accuracy on its own rows, against a ``baseline`` model if given.
-
-        See :func:`pfedest.evaluation.report.client_report` (summary rows, clients made worse, worst client).
-
-        Parameters
-        ----------
-        X, y, client_ids : array-like
-        baseline : fitted classifier, default=None
-            E.g. the same estimator fitted with ``split="none"`` (FedAvg).
-
-        Returns
-        -------
-        report : pfedest.evaluation.report.ClientReport
-        """
-        from .evaluation.report import client_report
-
-        return client_report(self, X, y, client_ids, baseline=baseline)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        return tags

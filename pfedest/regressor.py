@@ -136,28 +136,8 @@ class PartialPersonalizedRegressor(RegressorMixin, PersonalizedEstimator):
 
         return r2_score(y, self.predict(X, client_ids), sample_weight=sample_weight)
 
-    def client_report(self, X, y, client_ids, baseline=None):
-        """Every client's :math:`R^2` on its own rows, against a ``baseline`` model if given.
-
-        See :func:`pfedest.evaluation.report.client_report` (summary rows, clients made worse, worst client).
-
-        Parameters
-        ----------
-        X, y, client_ids : array-like
-        baseline : fitted regressor, default=None
-            E.g. the same estimator fitted with ``split="none"`` (FedAvg).
-
-        Returns
-        -------
-        report : pfedest.evaluation.report.ClientReport
-        """
-        from .evaluation.report import client_report
-
-        return client_report(self, X, y, client_ids, baseline=baseline)
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
         tags.target_tags.multi_output = True
         return tags
 
@@ -211,8 +191,8 @@ each client's (first) target.
 See Also
 --------
 pfedest.PartialPersonalizedClassifier : the same model for labels.
-pfedest.base.PersonalizedEstimator : ``fit``, ``initialize``, ``personalize``, ``state_dict``,
-    ``load_state_dict`` and ``request_stop``, which every pfedest estimator shares.
+pfedest.base.PersonalizedEstimator : ``fit``, ``initialize``, ``personalize``, ``client_report``,
+    ``state_dict``, ``load_state_dict`` and ``request_stop``, which every pfedest estimator shares.
 
 Examples
 --------
