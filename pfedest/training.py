@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .core.algorithms import ALGORITHMS, StepSizes
 from .core.engine import auto_chunk_size, bytes_per_client, make_engine
-from .core.model import Criterion, make_loss, mean_loss
+from .core.model import Criterion, cross_entropy, make_loss, mean_loss
 from .core.rounds import run_round
 from .core.sampling import RoundKeys, n_sampled, sample_clients
 from .core.schedules import make_schedule
@@ -42,7 +42,7 @@ def run_plan(est, fit: FitState, plan: list, data: ClientData, callbacks, valid:
     try:
         for cb in callbacks:
             cb.on_train_begin(est)
-        _run_stages(est, fit, data, callbacks, criterion or Criterion())
+        _run_stages(est, fit, data, callbacks, criterion or cross_entropy(2))
         for cb in callbacks:
             cb.on_train_end(est)
     finally:
@@ -136,7 +136,7 @@ def _end_watch(est, fit: FitState, n_rounds: int) -> None:
 def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Criterion = None):
     """A function ``(round_index, n_rounds) -> record`` that runs one round of ``stage`` (``criterion``:
     the loss, cross-entropy when ``None``)."""
-    criterion = criterion or Criterion()
+    criterion = criterion or cross_entropy(2)
     base = make_loss(est.module_, dict(est.module_.named_buffers()), data.X, data.y, criterion)
     present = np.flatnonzero(data.counts)
     personal_state, loss, merge = est.personal_params_, base, None

@@ -64,8 +64,8 @@ class Criterion:
     0.5
     """
 
-    function: Callable = F.cross_entropy
-    guess: float = math.log(2)
+    function: Callable
+    guess: float
 
 
 def cross_entropy(n_classes: int) -> Criterion:
@@ -115,7 +115,7 @@ def make_loss(module: nn.Module, buffers: Params, X: torch.Tensor, y: torch.Tens
     (0.6931, 3.0)
     """
 
-    function = (criterion or Criterion()).function
+    function = criterion.function if criterion is not None else F.cross_entropy
 
     def loss(shared: Params, personal: Params, idx: torch.Tensor, mask: torch.Tensor):
         logits = functional_call(module, ({**shared, **personal}, buffers), (X[idx],))
@@ -195,7 +195,7 @@ def mean_loss(module: nn.Module, buffers: Params, shared: Params, personal: Para
         return float("nan")
     with torch.no_grad():
         logits = personalized_logits(module, buffers, shared, personal, X, rows_personal)
-        return float((criterion or Criterion()).function(logits, y))
+        return float((criterion.function if criterion is not None else F.cross_entropy)(logits, y))
 
 
 def linear_loss(X: torch.Tensor, y: torch.Tensor):
