@@ -180,7 +180,8 @@ Each client (the rows sharing a ``client_ids`` value) keeps its own copy of the 
 parameters; the shared parameters are averaged by a server, as in
 :class:`~pfedest.PartialPersonalizedClassifier`, whose parameters it shares. ``y`` holds one real
 value a row, or several (multi-output); it is standardized for training (``y_mean_``,
-``y_scale_``) and ``predict`` answers in its units. ``score`` is :math:`R^2`.
+``y_scale_``) and ``predict`` answers in its units; the losses in ``history_`` are on the
+standardized targets (predicting the mean scores 0.5 with squared error). ``score`` is :math:`R^2`.
 
 Where the parameters below speak of classes: a callable ``module`` is called as
 ``module(n_features, n_outputs)``, and ``early_stopping`` holds out rows spread over the range of
