@@ -14,6 +14,11 @@ Each is scored by :math:`R^2` on every client's own held-out rows (``client_repo
 gives the mean over clients for each seed and over seeds. Only the head can both learn each
 client's offset and learn the features from everyone's rows.
 
+The settings are small on purpose: about 30 training rows a client, a 32-unit hidden layer, 60
+rounds at ``lr=0.1`` (``--lr``). At the default ``lr=0.3`` the same 60 rounds fit each client's few
+rows too closely: mean R^2 0.23 for the head, 0.14 local-only, -0.55 FedAvg over seeds 0-2
+(measured; 0.31, 0.28 and -0.51 at ``lr=0.1``).
+
 Run: ``python examples/plot_regressor.py`` (about half a minute on 2 cores with the defaults).
 Writes ``regressor.png`` (``--out``).
 """
