@@ -8,11 +8,13 @@ _moved.install()
 
 from .callbacks import Callback, Checkpoint, EarlyStopping, EvaluateClients  # noqa: E402
 from .estimator import PartialPersonalizedClassifier  # noqa: E402
+from .regressor import PartialPersonalizedRegressor  # noqa: E402
 from .nn.splits import (AdapterSplit, FullSplit, FunctionSplit, HeadSplit, InputSplit, NameSplit, NoSplit, Split,
                      make_split)
 
 __all__ = [
     "PartialPersonalizedClassifier",
+    "PartialPersonalizedRegressor",
     "Split",
     "HeadSplit",
     "InputSplit",

@@ -1,9 +1,10 @@
 """What every personalized estimator of pfedest shares: parameters, fit loop, state, clients, pickling.
 
 :class:`PersonalizedEstimator` trains any network with a shared and a personal part per client;
-a subclass says what the targets are (:class:`~pfedest.PartialPersonalizedClassifier`: labels) through
-four hooks: ``_check_targets``, ``_init_targets``, ``_encode_targets`` and the output size the
-network must have.
+a subclass (a head) says what the targets are (:class:`~pfedest.PartialPersonalizedClassifier`:
+labels; :class:`~pfedest.PartialPersonalizedRegressor`: values) through four hooks:
+``_check_targets``, ``_init_targets`` (which returns the output size the network must have),
+``_encode_targets`` and ``_criterion`` (the loss, a :class:`~pfedest.core.model.Criterion`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class PersonalizedEstimator(BaseEstimator):
 
     #: The accepted values of every parameter, from the one registry of them (:mod:`pfedest.settings`).
     _parameter_constraints: dict = parameter_constraints()
+    #: What ``validate_data`` checks of ``y`` (a head accepting several targets says ``multi_output``).
+    _y_checks: dict = {}
 
     def __init__(self, module=None, *, split="head", algorithm="fedalt", n_rounds=300, tol=1e-4, n_iter_no_change=10,
                  early_stopping=False, validation_fraction=0.1, clients_per_round=10,
@@ -94,8 +97,8 @@ class PersonalizedEstimator(BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features) or ``(n_samples, *shape)``
             Rows of all clients.
-        y : array-like of shape (n_samples,)
-            Labels (any type scikit-learn accepts).
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Labels (any type scikit-learn accepts), or a regressor's values (one or more a row).
         client_ids : array-like of shape (n_samples,), default=None
             The client of each row (ints or strings). ``None``: all rows belong to one client.
 
@@ -105,7 +108,8 @@ class PersonalizedEstimator(BaseEstimator):
         """
         self._check_server_settings(stacklevel=3)  # the caller of fit, past _fit_context's wrapper
         resume = self.warm_start and hasattr(self, "shared_params_")
-        X, y = validate_data(self, X, y, reset=not resume, allow_nd=True, dtype=[np.float32, np.float64])
+        X, y = validate_data(self, X, y, reset=not resume, allow_nd=True, dtype=[np.float32, np.float64],
+                             **self._y_checks)
         self._check_targets(y)
         client_ids = check_client_ids(client_ids, len(X), known=self.clients_ if resume else None)
         if resume:
@@ -152,7 +156,8 @@ class PersonalizedEstimator(BaseEstimator):
         """
         self._validate_params()
         self._check_server_settings(stacklevel=2)
-        X, y = validate_data(self, X, y, reset=True, allow_nd=True, dtype=[np.float32, np.float64])
+        X, y = validate_data(self, X, y, reset=True, allow_nd=True, dtype=[np.float32, np.float64],
+                             **self._y_checks)
         self._check_targets(y)
         self._initialize(X, y, check_client_ids(client_ids, len(X)))
         return self
@@ -226,12 +231,38 @@ class PersonalizedEstimator(BaseEstimator):
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         if not self.personal_params_:
             raise ValueError("This model has no personal part (split='none'): there is nothing to personalize.")
-        X, y = validate_data(self, X, y, reset=False, allow_nd=True, dtype=[np.float32, np.float64])
+        X, y = validate_data(self, X, y, reset=False, allow_nd=True, dtype=[np.float32, np.float64],
+                             **self._y_checks)
         check_row_shape(X, self.input_shape_, type(self).__name__)
         codes = self._encode_targets(y)
         rows = self._rows_adding_new(check_client_ids(client_ids, len(X), known=self.clients_))
         self._train([["personalize", epochs]], X, codes, rows, callbacks=[])
         return self
+
+    def client_report(self, X, y, client_ids, baseline=None):
+        """Every client's score on its own rows (a classifier's accuracy, a regressor's :math:`R^2`), against a
+        ``baseline`` model if given.
+
+        See :func:`pfedest.evaluation.report.client_report` (summary rows, clients made worse, worst client).
+
+        Parameters
+        ----------
+        X, y, client_ids : array-like
+        baseline : fitted estimator of the same kind, default=None
+            E.g. the same estimator fitted with ``split="none"`` (FedAvg).
+
+        Returns
+        -------
+        report : pfedest.evaluation.report.ClientReport
+        """
+        from .evaluation.report import client_report
+
+        return client_report(self, X, y, client_ids, baseline=baseline)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
 
     # ------------------------------------------------------------ internals
     def _train(self, plan, X, codes, rows, callbacks) -> None:
@@ -241,7 +272,7 @@ class PersonalizedEstimator(BaseEstimator):
         if self.early_stopping and "train" in stages:
             data, valid = data.holdout(self.validation_fraction, self._fit.seed)
         try:
-            run_plan(self, self._fit, plan, data, callbacks, valid=valid)
+            run_plan(self, self._fit, plan, data, callbacks, valid=valid, criterion=self._criterion())
         finally:
             self.stop_reason_ = self._fit.stop_reason
             if "train" in stages:

@@ -265,7 +265,7 @@ _FEATURE_TRANSFORMS = ("affine", "permute")
 def federate(X, y, n_clients: int = 20, *, label_shift: float = 0.0, feature_shift: float = 0.0,
              feature_transform="affine", label_skew: float | None = None, size_concentration: float | None = None,
              min_samples_per_client: int = 2, n_small_clients: int = 0, small_client_size: int = 3,
-             shuffle: bool = True, random_state=None):
+             shuffle: bool = True, target_shift: float = 0.0, random_state=None):
     """Deal a data set's rows to clients, with the shifts that personalization is for.
 
     Every row goes to exactly one client. How many rows each client gets, which classes, and how
@@ -288,6 +288,9 @@ def federate(X, y, n_clients: int = 20, *, label_shift: float = 0.0, feature_shi
       all rows; ``"permute"``, the features in the client's own order (pixels shuffled one way per
       client); or a callable ``f(X_client, rng)`` returning the client's transformed rows. A
       personal input layer (``split="input"``) can undo the first two.
+    - **Target shift** (regression): every client adds its own offset to ``y``, drawn from
+      ``N(0, (target_shift * std(y))^2)``: the same input, a value shifted per client. A personal
+      output layer (its bias) can learn it.
 
     Parameters
     ----------
@@ -314,6 +317,8 @@ def federate(X, y, n_clients: int = 20, *, label_shift: float = 0.0, feature_shi
     shuffle : bool, default=True
         Rows in random order (scikit-learn's plain ``cv=5`` folds then hold rows of every client);
         ``False`` groups them by client.
+    target_shift : float >= 0, default=0.0
+        Scale of each client's offset to a numeric ``y``, in standard deviations of ``y``.
     random_state : int, RandomState instance or None, default=None
 
     Returns
@@ -322,7 +327,8 @@ def federate(X, y, n_clients: int = 20, *, label_shift: float = 0.0, feature_shi
         The rows, transformed where a client's features are (as floats); the input's dtype
         otherwise.
     y : ndarray of shape (n_samples,)
-        Each row's label as its client names it.
+        Each row's label as its client names it (its value plus the client's offset, with
+        ``target_shift``).
     client_ids : ndarray of shape (n_samples,), int
         Clients ``0 .. n_clients - 1``.
 
@@ -352,6 +358,9 @@ def federate(X, y, n_clients: int = 20, *, label_shift: float = 0.0, feature_shi
     for name, value in (("label_shift", label_shift), ("feature_shift", feature_shift)):
         if not 0 <= value <= 1:
             raise ValueError(f"{name} is a share of the clients and must be in [0, 1], got {value!r}.")
+    if not target_shift >= 0 or (target_shift and y.dtype.kind not in "iuf"):
+        raise ValueError(f"target_shift must be >= 0 and needs numeric y; got target_shift={target_shift!r} and y "
+                         f"of dtype {y.dtype}.")
     for name, value in (("label_skew", label_skew), ("size_concentration", size_concentration)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} is a Dirichlet concentration and must be > 0 (or None), got {value!r}.")
@@ -403,7 +412,10 @@ def federate(X, y, n_clients: int = 20, *, label_shift: float = 0.0, feature_shi
         else:
             flat[rows] = flat[rows][:, rng.permutation(flat.shape[1])]
     order = np.argsort(client, kind="stable")
-    return _in_order(rng, shuffle, flat.reshape(X_out.shape)[order], y_out[order], client[order])
+    X_out, y_out, client = _in_order(rng, shuffle, flat.reshape(X_out.shape)[order], y_out[order], client[order])
+    if target_shift:  # drawn last: the rows are dealt, shifted and shuffled as without it
+        y_out = y_out.astype(np.float64) + (rng.standard_normal(n_clients) * target_shift * y.std())[client]
+    return X_out, y_out, client
 
 
 def _deal(rng, codes: np.ndarray, n_classes: int, sizes: np.ndarray, label_skew) -> np.ndarray:

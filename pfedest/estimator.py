@@ -8,6 +8,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 
 from .base import PersonalizedEstimator
+from .core.model import cross_entropy
 from .validation import encode_labels
 
 
@@ -163,8 +164,9 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
 
     See Also
     --------
-    pfedest.base.PersonalizedEstimator : ``fit``, ``initialize``, ``personalize``, ``state_dict``,
-        ``load_state_dict`` and ``request_stop``, which every pfedest estimator shares.
+    pfedest.base.PersonalizedEstimator : ``fit``, ``initialize``, ``personalize``, ``client_report``,
+        ``state_dict``, ``load_state_dict`` and ``request_stop``, which every pfedest estimator shares.
+    pfedest.PartialPersonalizedRegressor : the same model for real-valued targets.
     pfedest.settings : every parameter, its default and what it changes, in one registry.
 
     Examples
@@ -196,6 +198,9 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
 
     def _encode_targets(self, y) -> np.ndarray:
         return encode_labels(self.classes_, y)
+
+    def _criterion(self):
+        return cross_entropy(len(self.classes_))
 
     # -------------------------------------------------------------- predict
     def predict_proba(self, X, client_ids=None):
@@ -248,27 +253,3 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         from sklearn.metrics import accuracy_score
 
         return accuracy_score(y, self.predict(X, client_ids), sample_weight=sample_weight)
-
-    def client_report(self, X, y, client_ids, baseline=None):
-        """Every client's accuracy on its own rows, against a ``baseline`` model if given.
-
-        See :func:`pfedest.evaluation.report.client_report` (summary rows, clients made worse, worst client).
-
-        Parameters
-        ----------
-        X, y, client_ids : array-like
-        baseline : fitted classifier, default=None
-            E.g. the same estimator fitted with ``split="none"`` (FedAvg).
-
-        Returns
-        -------
-        report : pfedest.evaluation.report.ClientReport
-        """
-        from .evaluation.report import client_report
-
-        return client_report(self, X, y, client_ids, baseline=baseline)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        return tags

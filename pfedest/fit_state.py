@@ -35,7 +35,7 @@ from .core.stopping import Plateau
 from .core.types import Params
 from .history import History
 from .nn.splits import make_split
-from .settings import RESUME_CHECKED
+from .settings import RESUME_CHECKED, head_resume_checked
 
 __all__ = ["ClientData", "FitState", "estimator_state", "load_estimator_state", "describe_setting",
            "training_settings", "stages_left", "seeds"]
@@ -48,7 +48,7 @@ class ClientData:
     Parameters
     ----------
     X, y : Tensor
-        Rows and label codes, sorted by client.
+        Rows and targets (label codes, or the regressor's scaled values), sorted by client.
     counts, offsets : ndarray of int
         Rows of each client (over all the model's clients) and each one's first row.
 
@@ -67,11 +67,15 @@ class ClientData:
     @classmethod
     def from_rows(cls, X: np.ndarray, codes: np.ndarray, rows: np.ndarray, n_clients: int, device,
                   dtype: torch.dtype = torch.float32) -> "ClientData":
-        """``X`` (as ``dtype``) and label ``codes`` sorted by ``rows`` (each row's client index), on ``device``."""
+        """``X`` (as ``dtype``) and targets ``codes`` sorted by ``rows`` (each row's client index), on ``device``.
+
+        Integer codes (class indices) become int64; float targets (a regressor's) take ``dtype``."""
         order = np.argsort(rows, kind="stable")
         counts = np.bincount(rows, minlength=n_clients)
+        codes = np.asarray(codes)
         return cls(X=torch.as_tensor(np.ascontiguousarray(X[order]), dtype=dtype, device=device),
-                   y=torch.as_tensor(codes[order], dtype=torch.int64, device=device),
+                   y=torch.as_tensor(codes[order], dtype=dtype if codes.dtype.kind == "f" else torch.int64,
+                                     device=device),
                    counts=counts, offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]))
 
     def row_clients(self) -> np.ndarray:
@@ -95,7 +99,8 @@ class ClientData:
         """
         rng = np.random.default_rng([seed, 0])  # round 0: no round of training draws with it
         clients = self.row_clients()
-        labels = self.y.cpu().numpy()
+        # several targets (multi-output regression): spread over the first one's range
+        labels = self.y.cpu().numpy().reshape(len(self.y), -1)[:, 0]
         order = np.lexsort((rng.random(len(labels)), labels, clients))
         position = np.arange(len(order)) - np.repeat(self.offsets, self.counts)
         held = np.zeros(len(order), dtype=bool)
@@ -376,7 +381,8 @@ def training_settings(params: dict) -> dict:
     params["server_lr"] = params["server_momentum"] = None
     if params["module"] is not None:
         params["hidden_layer_sizes"] = None  # unused: the module gives the network
-    return json.loads(json.dumps({name: describe_setting(params[name]) for name in RESUME_CHECKED},
+    checked = RESUME_CHECKED + head_resume_checked(params)
+    return json.loads(json.dumps({name: describe_setting(params[name]) for name in checked},
                                  default=_json_default))
 
 
@@ -445,6 +451,15 @@ def _signature(shared: Params, personal: Params) -> dict:
     return shapes
 
 
+def _targets(est):
+    """What the model's outputs mean: a classifier's ``classes_``, or a regressor's outputs and target scaling
+    (a state trained on targets scaled otherwise answers in other units)."""
+    if hasattr(est, "classes_"):
+        return est.classes_.tolist()
+    return {"n_outputs": int(est.n_outputs_), "mean": np.asarray(est.y_mean_).tolist(),
+            "scale": np.asarray(est.y_scale_).tolist()}
+
+
 def estimator_state(est, fit: FitState) -> dict:
     """Everything needed to continue ``est``'s training: tensors, and JSON for the rest.
 
@@ -455,7 +470,7 @@ def estimator_state(est, fit: FitState) -> dict:
     meta = {
         "pfedest_version": __version__,
         "signature": _signature(est.shared_params_, est.personal_params_),
-        "classes": est.classes_.tolist(),
+        "classes": _targets(est),
         "clients": est.clients_.tolist(),
         "history": list(est.history_),
         "settings": training_settings(est.get_params(deep=False)),
@@ -515,8 +530,9 @@ def load_estimator_state(est, fit: FitState, state: dict, make_server) -> tuple[
     if any(v.shape[0] != len(est.clients_) for v in state["personal"].values()):
         raise CheckpointError(f"The checkpoint's personal parameters are not stacked over this model's "
                               f"{len(est.clients_)} clients.")
-    if meta["classes"] != est.classes_.tolist() or meta["clients"] != est.clients_.tolist():
-        raise CheckpointError("The checkpoint was written for other classes or clients than this model's.")
+    if meta["classes"] != _targets(est) or meta["clients"] != est.clients_.tolist():
+        raise CheckpointError("The checkpoint was written for other classes (or target scaling) or clients than "
+                              "this model's.")
     fit_meta = meta["fit"]
     if fit.data is not None and fit_meta["start_round"] != fit.start_round:
         raise OtherFitCheckpoint(

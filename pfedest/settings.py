@@ -3,7 +3,9 @@
 Every part of pfedest that needs to know the parameters reads this registry: the estimator (its
 ``_parameter_constraints``; a test holds its ``__init__`` to the same names and defaults), the
 checkpoint checks (a resumed fit must have the same :data:`RESUME_CHECKED` settings) and the Flower
-app (which settings become run-config keys, which it ignores by design).
+app (which settings become run-config keys, which it ignores by design). :data:`SETTINGS` are every
+estimator's; :data:`HEAD_SETTINGS` those of one head only (the regressor's ``loss``), which follow
+the shared ones in that head's ``__init__`` and which the other head does not accept.
 
 A setting's ``role`` says what it changes:
 
@@ -29,7 +31,8 @@ from .core.schedules import SCHEDULES
 from .core.server import SERVER_OPTIMIZERS, ServerOptimizer
 from .nn.splits import NAMED_SPLITS
 
-__all__ = ["Setting", "SETTINGS", "RESUME_CHECKED", "names", "defaults", "parameter_constraints", "by_role"]
+__all__ = ["Setting", "SETTINGS", "HEAD_SETTINGS", "RESUME_CHECKED", "names", "defaults", "parameter_constraints",
+           "by_role", "head_resume_checked"]
 
 ROLES = ("model", "training", "plan", "execution", "session")
 
@@ -113,7 +116,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("random_state", None, ["random_state"], "training", "model"),
 )
 
-_BY_NAME = {s.name: s for s in SETTINGS}
+#: Parameters of one head only, after the shared ones in its ``__init__``: a classifier has no loss to
+#: choose (cross-entropy), so it neither shows nor accepts these. Keyed by the head's name.
+HEAD_SETTINGS: dict[str, tuple[Setting, ...]] = {
+    "classifier": (),
+    "regressor": (
+        Setting("loss", "squared_error", [StrOptions({"squared_error", "huber"})], "training", "unsupported"),
+        # in standard deviations of y (the regressor standardizes it); 1.35 is HuberRegressor's default,
+        # 95 % as efficient as least squares under Gaussian noise
+        Setting("epsilon", 1.35, [_POSITIVE], "training", "unsupported"),
+        # scikit-learn's GaussianProcessRegressor name; on by default here (see pfedest.regressor)
+        Setting("normalize_y", True, ["boolean"], "training", "unsupported"),
+    ),
+}
+
+_BY_NAME = {s.name: s for s in SETTINGS + sum(HEAD_SETTINGS.values(), ())}
 
 #: Settings a checkpoint records and a resumed fit must share: any other value would end with
 #: parameters no uninterrupted run gives. (The plan is checked on its own; execution settings may
@@ -121,31 +138,49 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 RESUME_CHECKED = tuple(s.name for s in SETTINGS if s.role in ("model", "training"))
 
 
-def names() -> list[str]:
-    """The parameter names, in ``__init__`` order.
+def _settings(head: str = "classifier") -> tuple[Setting, ...]:
+    if head not in HEAD_SETTINGS:
+        raise ValueError(f"Unknown head {head!r}; expected one of {sorted(HEAD_SETTINGS)}.")
+    return SETTINGS + HEAD_SETTINGS[head]
+
+
+def names(head: str = "classifier") -> list[str]:
+    """The parameter names of the estimator ``head`` (``"classifier"`` or ``"regressor"``), in ``__init__`` order.
 
     Examples
     --------
-    >>> names()[:3]
-    ['module', 'split', 'algorithm']
+    >>> names()[:3], names("regressor")[-3:]
+    (['module', 'split', 'algorithm'], ['loss', 'epsilon', 'normalize_y'])
     """
-    return [s.name for s in SETTINGS]
+    return [s.name for s in _settings(head)]
 
 
-def defaults() -> dict:
+def defaults(head: str = "classifier") -> dict:
     """Each parameter's default.
 
     Examples
     --------
-    >>> defaults()["lr"], defaults()["split"]
-    (0.3, 'head')
+    >>> defaults()["lr"], defaults()["split"], defaults("regressor")["loss"]
+    (0.3, 'head', 'squared_error')
     """
-    return {s.name: s.default for s in SETTINGS}
+    return {s.name: s.default for s in _settings(head)}
 
 
-def parameter_constraints() -> dict:
-    """scikit-learn's ``_parameter_constraints`` for the estimator."""
-    return {s.name: list(s.constraints) for s in SETTINGS}
+def parameter_constraints(head: str = "classifier") -> dict:
+    """scikit-learn's ``_parameter_constraints`` for the estimator ``head``."""
+    return {s.name: list(s.constraints) for s in _settings(head)}
+
+
+def head_resume_checked(params) -> tuple[str, ...]:
+    """The head-only settings among ``params`` (names) that a resumed fit must share.
+
+    Examples
+    --------
+    >>> head_resume_checked({"lr": 0.3, "loss": "huber", "epsilon": 1.0})
+    ('loss', 'epsilon')
+    """
+    return tuple(s.name for head in HEAD_SETTINGS.values() for s in head
+                 if s.role in ("model", "training") and s.name in params)
 
 
 def by_role(role: str) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .core.algorithms import ALGORITHMS, StepSizes
 from .core.engine import auto_chunk_size, bytes_per_client, make_engine
-from .core.model import make_loss, mean_loss
+from .core.model import Criterion, cross_entropy, make_loss, mean_loss
 from .core.rounds import run_round
 from .core.sampling import RoundKeys, n_sampled, sample_clients
 from .core.schedules import make_schedule
@@ -28,8 +28,11 @@ from .fit_state import ClientData, FitState
 from .nn.splits import make_split
 
 
-def run_plan(est, fit: FitState, plan: list, data: ClientData, callbacks, valid: ClientData = None) -> None:
+def run_plan(est, fit: FitState, plan: list, data: ClientData, callbacks, valid: ClientData = None,
+             criterion: Criterion = None) -> None:
     """Run the stages of ``plan`` (``[stage, rounds]`` pairs) on ``data`` with the callbacks' hooks.
+
+    ``criterion`` is the loss the estimator trains (its head decides: cross-entropy when ``None``).
 
     ``fit.progress`` counts the rounds done in each stage; a checkpoint restored by a callback in
     ``on_train_begin`` sets it, and the plan continues from there. ``valid`` (rows held out of each
@@ -39,14 +42,14 @@ def run_plan(est, fit: FitState, plan: list, data: ClientData, callbacks, valid:
     try:
         for cb in callbacks:
             cb.on_train_begin(est)
-        _run_stages(est, fit, data, callbacks)
+        _run_stages(est, fit, data, callbacks, criterion or cross_entropy(2))
         for cb in callbacks:
             cb.on_train_end(est)
     finally:
         fit.finish()
 
 
-def _run_stages(est, fit: FitState, data: ClientData, callbacks) -> None:
+def _run_stages(est, fit: FitState, data: ClientData, callbacks, criterion: Criterion) -> None:
     bar = tqdm(total=sum(n for _, n in fit.plan), initial=sum(fit.progress), desc=fit.plan[-1][0],
                disable=not est.verbose, leave=False)
     try:
@@ -54,8 +57,8 @@ def _run_stages(est, fit: FitState, data: ClientData, callbacks) -> None:
             fit.stop_requested = False
             if fit.progress[i] >= n_rounds:
                 continue
-            run_one = stage_runner(est, fit, stage, data)
-            watch = _watcher(est, fit, data) if stage == "train" else None
+            run_one = stage_runner(est, fit, stage, data, criterion)
+            watch = _watcher(est, fit, data, criterion) if stage == "train" else None
             bar.set_description(stage)
             while fit.progress[i] < n_rounds and not fit.stop_requested:
                 round_number = len(est.history_) + 1
@@ -76,7 +79,7 @@ def _run_stages(est, fit: FitState, data: ClientData, callbacks) -> None:
         bar.close()
 
 
-def _watcher(est, fit: FitState, data: ClientData):
+def _watcher(est, fit: FitState, data: ClientData, criterion: Criterion):
     """The stopping rule of the training stage: a function that takes each round's record.
 
     With ``early_stopping``, it scores the held-out rows (``valid_loss``) and keeps the best
@@ -98,7 +101,7 @@ def _watcher(est, fit: FitState, data: ClientData):
         if valid is not None:
             name = "valid_loss"
             record[name] = mean_loss(est.module_, buffers, est.shared_params_, est.personal_params_, valid.X,
-                                     valid.y, rows)
+                                     valid.y, rows, criterion)
         else:
             name = "train_loss_pass"
             recent = [r["train_loss"] for r in est.history_[-window:] if r["stage"] == "train"]
@@ -130,9 +133,11 @@ def _end_watch(est, fit: FitState, n_rounds: int) -> None:
                       ConvergenceWarning, stacklevel=2)
 
 
-def stage_runner(est, fit: FitState, stage: str, data: ClientData):
-    """A function ``(round_index, n_rounds) -> record`` that runs one round of ``stage``."""
-    base = make_loss(est.module_, dict(est.module_.named_buffers()), data.X, data.y)
+def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Criterion = None):
+    """A function ``(round_index, n_rounds) -> record`` that runs one round of ``stage`` (``criterion``:
+    the loss, cross-entropy when ``None``)."""
+    criterion = criterion or cross_entropy(2)
+    base = make_loss(est.module_, dict(est.module_.named_buffers()), data.X, data.y, criterion)
     present = np.flatnonzero(data.counts)
     personal_state, loss, merge = est.personal_params_, base, None
     options = dict(clip=est.clip_grad_norm, personal_l2=est.personal_l2,
@@ -196,14 +201,14 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData):
             aggregate=aggregate, server_optimizer=server, weights=weights)
         loss = result.loss_sum / max(result.row_count, 1.0)
         problem = _divergence(est, result, loss, reference, shared, {k: v[sampled] for k, v in personal_state.items()},
-                              lr)
+                              lr, criterion)
         if problem:
             for k, v in before.items():
                 personal_state[k][sampled] = v
             raise FloatingPointError(f"Training diverged in round {round_number} ({stage}): {problem} The model is "
                                      f"kept as it was after round {round_number - 1}.")
-        probe_loss = 0.0 if problem or probe is None else _probe_loss(est, shared, probe)
-        if not math.isfinite(probe_loss) or probe_loss > _limit(est, reference):
+        probe_loss = 0.0 if problem or probe is None else _probe_loss(est, shared, probe, criterion)
+        if not math.isfinite(probe_loss) or probe_loss > _limit(criterion, reference):
             problem = (f"the model's loss on its training rows became {probe_loss:.4g} after the round although every "
                        f"parameter is finite. Lower lr (now {lr.shared:g}), server_lr (now {est.server_lr:g}) or "
                        "personal_lr, or scale the features.")
@@ -237,19 +242,19 @@ def _probe_rows(data: ClientData, n: int = 256):
     return data.X[index], data.y[index], rows
 
 
-def _probe_loss(est, shared, probe) -> float:
+def _probe_loss(est, shared, probe, criterion: Criterion) -> float:
     """The loss of the model after a round on the probe rows: it can overflow with finite weights."""
     X, y, rows = probe
-    return mean_loss(est.module_, dict(est.module_.named_buffers()), shared, est.personal_params_, X, y, rows)
+    return mean_loss(est.module_, dict(est.module_.named_buffers()), shared, est.personal_params_, X, y, rows,
+                     criterion)
 
 
-def _limit(est, reference) -> float:
+def _limit(criterion: Criterion, reference) -> float:
     """The loss above which a round has diverged: none in a stage's first round (unscaled features
     can start far above the loss of guessing)."""
     if reference is None:
         return math.inf
-    n_outputs = len(getattr(est, "classes_", ())) or 2
-    return BLOWUP * max(reference, math.log(n_outputs) + 1.0)
+    return BLOWUP * max(reference, criterion.guess + 1.0)
 
 
 #: A round whose loss exceeds this many times the stage's first (at least the loss of guessing
@@ -257,9 +262,9 @@ def _limit(est, reference) -> float:
 BLOWUP = 100.0
 
 
-def _divergence(est, result, loss: float, reference, shared, sampled_personal, lr) -> str:
+def _divergence(est, result, loss: float, reference, shared, sampled_personal, lr, criterion: Criterion) -> str:
     """What diverged in a round, with the setting to lower, or ``""``."""
-    limit = _limit(est, reference)
+    limit = _limit(criterion, reference)
     rates = f"lr (now {lr.shared:g})" + (f" or personal_lr (now {lr.personal:g})" if est.personal_lr else "")
     if not result.finite or not math.isfinite(loss):
         return f"the training loss became NaN or infinite. Lower {rates}, or scale the features."

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-from ..evaluation.report import client_accuracies, summary_statistics
+from ..evaluation.report import client_scores, summary_statistics
 from .base import Callback
 
 
 class EvaluateClients(Callback):
-    """Every ``every`` rounds, score every client on its own held-out rows.
+    """Every ``every`` rounds, score every client on its own held-out rows (accuracy, or a regressor's :math:`R^2`).
 
     Adds ``{name}_mean``, ``{name}_weighted_mean``, ``{name}_p10`` (10th percentile over clients)
     and ``{name}_worst`` to the round's record (NaN in rounds without an evaluation).
@@ -45,6 +45,6 @@ class EvaluateClients(Callback):
         if record["round"] % self.every:
             record.update(dict.fromkeys(keys, math.nan))
             return
-        _, counts, accuracy = client_accuracies(estimator, self.X, self.y, self.client_ids)
-        summary = summary_statistics(accuracy, counts)
+        _, counts, scores, _ = client_scores(estimator, self.X, self.y, self.client_ids)
+        summary = summary_statistics(scores, counts)
         record.update({k: summary[s] for k, s in zip(keys, ("mean", "weighted_mean", "10%", "worst"))})

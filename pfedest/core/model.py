@@ -1,6 +1,13 @@
-"""A network as a pure function of parameter dicts: the training loss and per-client predictions."""
+"""A network as a pure function of parameter dicts: the training loss and per-client predictions.
+
+The loss is a :class:`Criterion` the estimator hands over (cross-entropy for the classifier, squared
+error or Huber for the regressor): the core knows no estimator."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -10,8 +17,70 @@ from torch.func import functional_call, vmap
 from .types import Params
 
 
-def make_loss(module: nn.Module, buffers: Params, X: torch.Tensor, y: torch.Tensor):
-    """Cross-entropy of ``module`` on rows ``X[idx]``, weighted by a 0/1 ``mask``.
+def squared_error(outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Half the squared error of each row, averaged over its outputs (scikit-learn's MLP convention).
+
+    Called as :func:`torch.nn.functional.cross_entropy` is: ``reduction="none"`` gives one loss a row,
+    ``"mean"`` their mean. The half makes the gradient the residual.
+
+    Examples
+    --------
+    >>> squared_error(torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 1.0]]), reduction="none")
+    tensor([1.2500])
+    """
+    rows = 0.5 * (outputs - targets).square().reshape(len(outputs), -1).mean(1)
+    return rows if reduction == "none" else rows.mean()
+
+
+def huber(outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", delta: float = 1.0) -> torch.Tensor:
+    """Huber loss of each row, averaged over its outputs: half the squared error within ``delta`` of the
+    target, linear beyond (outliers pull with a bounded gradient).
+
+    Examples
+    --------
+    >>> huber(torch.tensor([[0.5, 3.0]]), torch.tensor([[0.0, 0.0]]), reduction="none", delta=1.0)
+    tensor([1.3125])
+    """
+    rows = F.huber_loss(outputs, targets, reduction="none", delta=delta).reshape(len(outputs), -1).mean(1)
+    return rows if reduction == "none" else rows.mean()
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """What a network is trained to minimize: a loss of outputs and targets, and the loss of a blind guess.
+
+    Parameters
+    ----------
+    function : callable
+        ``function(outputs, targets, reduction="mean"|"none")``, as :func:`torch.nn.functional.cross_entropy`.
+    guess : float
+        The loss of an uninformed model (uniform class probabilities, the mean of standardized
+        targets): the scale against which a training loss is judged to have diverged.
+
+    Examples
+    --------
+    >>> criterion = Criterion(squared_error, guess=0.5)
+    >>> criterion.function(torch.zeros(2, 1), torch.ones(2, 1)).item()
+    0.5
+    """
+
+    function: Callable
+    guess: float
+
+
+def cross_entropy(n_classes: int) -> Criterion:
+    """The classifier's :class:`Criterion`: cross-entropy of logits and class indices.
+
+    Examples
+    --------
+    >>> round(cross_entropy(4).guess, 4)
+    1.3863
+    """
+    return Criterion(F.cross_entropy, guess=math.log(max(n_classes, 2)))
+
+
+def make_loss(module: nn.Module, buffers: Params, X: torch.Tensor, y: torch.Tensor, criterion: Criterion = None):
+    """The loss of ``module`` on rows ``X[idx]`` (cross-entropy unless ``criterion``), weighted by a 0/1 ``mask``.
 
     Returns ``loss(shared, personal, idx, mask) -> (mean, (sum, count))``, the form the local
     updates in :mod:`pfedest.core.algorithms` take. ``X`` and ``y`` are all clients' rows; the loss
@@ -25,8 +94,10 @@ def make_loss(module: nn.Module, buffers: Params, X: torch.Tensor, y: torch.Tens
         The module's buffers.
     X : Tensor of shape (n_rows, ...)
         All clients' rows.
-    y : Tensor of int64, shape (n_rows,)
-        Class indices.
+    y : Tensor of shape (n_rows, ...)
+        Targets: class indices (int64) for cross-entropy, values for a regression criterion.
+    criterion : Criterion or None, default=None
+        The loss; ``None`` is cross-entropy.
 
     Returns
     -------
@@ -44,9 +115,11 @@ def make_loss(module: nn.Module, buffers: Params, X: torch.Tensor, y: torch.Tens
     (0.6931, 3.0)
     """
 
+    function = criterion.function if criterion is not None else F.cross_entropy
+
     def loss(shared: Params, personal: Params, idx: torch.Tensor, mask: torch.Tensor):
         logits = functional_call(module, ({**shared, **personal}, buffers), (X[idx],))
-        rows = F.cross_entropy(logits, y[idx], reduction="none")
+        rows = function(logits, y[idx], reduction="none")
         total = (rows * mask).sum()
         count = mask.sum()
         return total / count.clamp_min(1.0), (total.detach(), count)
@@ -106,8 +179,9 @@ def personalized_logits(module: nn.Module, buffers: Params, shared: Params, pers
 
 
 def mean_loss(module: nn.Module, buffers: Params, shared: Params, personal: Params, X: torch.Tensor,
-              y: torch.Tensor, rows_personal: torch.Tensor) -> float:
-    """Mean cross-entropy of each row of ``X`` under its own client's model (as :func:`personalized_logits`).
+              y: torch.Tensor, rows_personal: torch.Tensor, criterion: Criterion = None) -> float:
+    """Mean loss (cross-entropy unless ``criterion``) of each row of ``X`` under its own client's model
+    (as :func:`personalized_logits`).
 
     Examples
     --------
@@ -121,7 +195,7 @@ def mean_loss(module: nn.Module, buffers: Params, shared: Params, personal: Para
         return float("nan")
     with torch.no_grad():
         logits = personalized_logits(module, buffers, shared, personal, X, rows_personal)
-        return float(F.cross_entropy(logits, y))
+        return float((criterion.function if criterion is not None else F.cross_entropy)(logits, y))
 
 
 def linear_loss(X: torch.Tensor, y: torch.Tensor):

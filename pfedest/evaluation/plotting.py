@@ -183,6 +183,9 @@ def plot_grid_search(search, *, param: str = "split__fraction", group: str = "sp
 def _report_columns(report):
     if not report.has_baseline:
         raise ValueError("This report has no baseline to compare with; make it with client_report(..., baseline=...).")
+    if getattr(report, "metric", "accuracy") != "accuracy":
+        raise ValueError(f"These plots draw accuracy in points; this report scores {report.metric!r}: plot its "
+                         f"columns {report.metric!r}, 'baseline_{report.metric}' and 'change' directly.")
     return (np.asarray(report.clients["client"]), np.asarray(report.clients["n_samples"]),
             np.asarray(report.clients["accuracy"]), np.asarray(report.clients["baseline_accuracy"]),
             np.asarray(report.clients["change"]))

@@ -3,6 +3,48 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import is_regressor as _sklearn_is_regressor
+
+
+def _is_regressor(estimator) -> bool:
+    """scikit-learn's answer; an object without its tags (any model with ``predict``) is a classifier."""
+    try:
+        return _sklearn_is_regressor(estimator)
+    except (AttributeError, TypeError):
+        return False
+
+
+def client_scores(estimator, X, y, client_ids):
+    """Each client's score on its own rows: accuracy for a classifier, :math:`R^2` for a regressor.
+
+    The regressor's score is scikit-learn's ``r2_score`` of the client's rows (outputs averaged with
+    equal weights, as ``RegressorMixin.score``); a client whose ``y`` is constant scores 1.0 if
+    predicted exactly and 0.0 otherwise, as ``r2_score`` does.
+
+    Returns
+    -------
+    clients, counts, scores : ndarray
+        As :func:`client_accuracies`.
+    metric : {"accuracy", "r2"}
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import LinearRegression
+    >>> X, y, c = [[0], [1], [2], [3]], [0.0, 1.0, 2.0, 4.0], [0, 0, 1, 1]
+    >>> clients, counts, r2, metric = client_scores(LinearRegression().fit(X, y), X, y, c)
+    >>> metric, [round(v, 2) for v in r2.tolist()]
+    ('r2', [0.9, 0.88])
+    """
+    if not _is_regressor(estimator):
+        return (*client_accuracies(estimator, X, y, client_ids), "accuracy")
+    from sklearn.metrics import r2_score
+
+    y, client_ids = np.asarray(y), np.asarray(client_ids)
+    predicted = _predict(estimator, X, client_ids)
+    clients, inverse, counts = np.unique(client_ids, return_inverse=True, return_counts=True)
+    scores = np.array([r2_score(y[inverse == k], predicted[inverse == k]) if counts[k] > 1 else np.nan
+                       for k in range(len(clients))])
+    return clients, counts, scores, "r2"
 
 
 def client_accuracies(estimator, X, y, client_ids):
@@ -77,6 +119,9 @@ def summary_statistics(values, counts) -> dict:
     0.875
     """
     values, counts = np.asarray(values, dtype=float), np.asarray(counts, dtype=float)
+    # a client without a score (R^2 of a single row) is left out of the summaries
+    scored = ~np.isnan(values)
+    values, counts = values[scored], counts[scored]
     q10, q50, q90 = np.quantile(values, [0.1, 0.5, 0.9])
     return {
         "mean": float(values.mean()),
@@ -103,7 +148,7 @@ def _pandas(as_frame):
 
 
 class ClientReport:
-    """Per-client accuracy of a model, against a baseline when one is given, and its summaries.
+    """Per-client accuracy (or :math:`R^2`) of a model, against a baseline when one is given, and its summaries.
 
     Made by :func:`client_report`; not meant to be built by hand.
 
@@ -118,6 +163,8 @@ class ClientReport:
     hurt : dict
         ``n_hurt``, ``fraction_hurt``, ``mean_change_hurt``, ``fraction_improved`` and
         ``worst_client``; empty without a baseline.
+    metric : {"accuracy", "r2"}, default="accuracy"
+        The score, and the name of its columns (``r2`` and ``baseline_r2`` for a regressor).
 
     Attributes
     ----------
@@ -154,7 +201,8 @@ class ClientReport:
     (True, 0, 0.5)
     """
 
-    def __init__(self, clients, summary, n_clients, hurt):
+    def __init__(self, clients, summary, n_clients, hurt, metric="accuracy"):
+        self.metric = metric
         self.clients = clients
         self.summary = summary
         self.n_clients = n_clients
@@ -181,12 +229,19 @@ class ClientReport:
             return "no baseline"
         if self.n_hurt == 0:
             return f"no client of {self.n_clients} made worse"
+        if self.metric != "accuracy":  # R^2 has no points: its change as it is
+            return (f"{self.n_hurt} of {self.n_clients} clients ({self.fraction_hurt:.0%}) made worse, by "
+                    f"{-self.mean_change_hurt:.3f} {self.metric} on average (worst: client {self.worst_client}, "
+                    f"{self._summary_value('change', 'worst'):+.3f})")
         return (f"{self.n_hurt} of {self.n_clients} clients ({self.fraction_hurt:.0%}) made worse, by "
                 f"{-100 * self.mean_change_hurt:.1f} points on average (worst: client {self.worst_client}, "
                 f"{100 * self._summary_value('change', 'worst'):+.1f})")
 
+    def _columns(self) -> list:
+        return [self.metric] + ([f"baseline_{self.metric}", "change"] if self.has_baseline else [])
+
     def __str__(self) -> str:
-        columns = ["accuracy"] + (["baseline_accuracy", "change"] if self.has_baseline else [])
+        columns = self._columns()
         lines = [f"{'':<14}" + "".join(f"{c:>18}" for c in columns)]
         for row in SUMMARY_ROWS:
             lines.append(f"{row:<14}" + "".join(f"{self._summary_value(c, row):>18.4f}" for c in columns))
@@ -199,7 +254,7 @@ class ClientReport:
     def _repr_html_(self) -> str:
         import html
 
-        columns = ["accuracy"] + (["baseline_accuracy", "change"] if self.has_baseline else [])
+        columns = self._columns()
         head = "".join(f"<th>{c}</th>" for c in columns)
         body = "".join(
             f"<tr><th>{row}</th>" + "".join(f"<td>{self._summary_value(c, row):.4f}</td>" for c in columns) + "</tr>"
@@ -227,16 +282,17 @@ def client_report(estimator, X, y, client_ids, baseline=None, *, as_frame: bool 
 
     Parameters
     ----------
-    estimator : fitted classifier
-        Typically a :class:`~pfedest.PartialPersonalizedClassifier`; ``predict`` is called with
-        ``client_ids`` when it accepts them.
+    estimator : fitted classifier or regressor
+        Typically a :class:`~pfedest.PartialPersonalizedClassifier` (scored by accuracy) or a
+        :class:`~pfedest.PartialPersonalizedRegressor` (scored by :math:`R^2`, :func:`client_scores`);
+        ``predict`` is called with ``client_ids`` when it accepts them.
     X : array-like of shape (n_samples, ...)
-    y : array-like of shape (n_samples,)
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs) for a regressor
     client_ids : array-like of shape (n_samples,)
         Every client present here is evaluated (not only those of some round).
-    baseline : fitted classifier, default=None
+    baseline : fitted classifier or regressor, default=None
         What to compare with: e.g. the same model fitted with ``split="none"`` (FedAvg), or any
-        fitted classifier (``predict(X)`` is used if it takes no client ids).
+        fitted estimator of the same kind (``predict(X)`` is used if it takes no client ids).
     as_frame : bool or None, default=None
         Return pandas DataFrames (``True``), dicts of arrays (``False``), or DataFrames when pandas
         is installed (``None``).
@@ -264,22 +320,20 @@ def client_report(estimator, X, y, client_ids, baseline=None, *, as_frame: bool 
     pandas = _pandas(as_frame)
     y = np.asarray(y)
     client_ids = np.asarray(client_ids)
-    if y.ndim != 1 or client_ids.ndim != 1 or len(y) != len(client_ids):
-        raise ValueError(f"y and client_ids must be 1-D with one entry per row; got shapes {y.shape} and "
-                         f"{client_ids.shape}.")
+    if y.ndim != 1 + (_is_regressor(estimator) and y.ndim == 2) or client_ids.ndim != 1 or len(y) != len(client_ids):
+        raise ValueError(f"y and client_ids must be 1-D (y 2-D for a multi-output regressor) with one entry per row; "
+                         f"got shapes {y.shape} and {client_ids.shape}.")
     if len(y) == 0:
         raise ValueError("client_report needs at least one row to evaluate.")
-    clients, counts, accuracy = client_accuracies(estimator, X, y, client_ids)
-    columns = {"client": clients, "n_samples": counts, "accuracy": accuracy}
-    summary = {"accuracy": summary_statistics(accuracy, counts)}
+    clients, counts, accuracy, metric = client_scores(estimator, X, y, client_ids)
+    columns = {"client": clients, "n_samples": counts, metric: accuracy}
+    summary = {metric: summary_statistics(accuracy, counts)}
     hurt: dict = {}
     if baseline is not None:
-        _, inverse = np.unique(client_ids, return_inverse=True)
-        correct = _predict(baseline, X, client_ids) == y
-        base = np.bincount(inverse, weights=correct, minlength=len(clients)) / counts
+        base = client_scores(baseline, X, y, client_ids)[2]
         change = accuracy - base
-        columns.update(baseline_accuracy=base, change=change)
-        summary.update(baseline_accuracy=summary_statistics(base, counts), change=summary_statistics(change, counts))
+        columns.update({f"baseline_{metric}": base, "change": change})
+        summary.update({f"baseline_{metric}": summary_statistics(base, counts), "change": summary_statistics(change, counts)})
         worse = change < 0
         hurt = {
             "n_hurt": int(worse.sum()),
@@ -293,4 +347,4 @@ def client_report(estimator, X, y, client_ids, baseline=None, *, as_frame: bool 
         summary_table = pandas.DataFrame(summary).loc[list(SUMMARY_ROWS)]
     else:
         table, summary_table = columns, summary
-    return ClientReport(table, summary_table, len(clients), hurt)
+    return ClientReport(table, summary_table, len(clients), hurt, metric=metric)

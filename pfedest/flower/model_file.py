@@ -199,7 +199,17 @@ def _import_estimator(path):
     cls = _import_class(path)
     if not (issubclass(cls, BaseEstimator) and callable(getattr(cls, "initialize", None))):
         raise ValueError(f"{path} is not a pfedest estimator class")
+    _refuse_regressor(cls)
     return cls
+
+
+def _refuse_regressor(cls) -> None:
+    """The app's nodes encode labels, score accuracy and train cross-entropy: a regressor is not yet theirs."""
+    from sklearn.base import RegressorMixin
+
+    if issubclass(cls, RegressorMixin):
+        raise TypeError(f"The Flower app trains classifiers only; {cls.__name__} is a regressor (its nodes would "
+                        "encode the targets as labels). Train it with fit(X, y, client_ids) in one process.")
 
 
 def _defaults(cls) -> dict:
@@ -244,6 +254,7 @@ def write_model(estimator, path, *, classes=None, n_features=None) -> Path:
     from sklearn.utils.validation import check_is_fitted
     from sklearn.exceptions import NotFittedError
 
+    _refuse_regressor(type(estimator))
     try:
         check_is_fitted(estimator)
         fitted = True
