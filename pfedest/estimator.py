@@ -77,9 +77,11 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
     max_clients_per_batch : int or None, default=None
         A round's clients are trained in chunks of at most this many (less memory); ``None`` sizes
         chunks to use at most half of the device's free memory.
-    compile : bool, default=False
+    compile : bool or "auto", default="auto"
         With the vmap engine, compile each batched SGD step with ``torch.compile``: faster rounds
-        after a one-time compile of seconds (GPU) to a minute (CPU); for long runs.
+        after a one-time compile of seconds (GPU) to a minute (CPU); for long runs. ``"auto"``
+        compiles on CUDA when the fit plans enough batched steps to pay for it, never on a CPU
+        (:func:`pfedest.core.compiling.choose_compile`); ``compile_`` says what ran.
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available (then Apple ``mps``), else the CPU.
     unseen_clients : {"error", "average"}, default="error"
@@ -153,6 +155,8 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         Where the state lives.
     engine_ : str
         The engine that ran.
+    compile_ : bool
+        Whether the batched steps were compiled (``compile`` resolved).
     callbacks_ : list of Callback
         The live copies of ``callbacks`` used by the last ``fit``.
     n_iter_ : int

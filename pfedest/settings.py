@@ -91,7 +91,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hidden_layer_sizes", (64, 64), [tuple, list], "model", "model"),
     Setting("engine", "auto", [StrOptions(set(ENGINES))], "execution", "ignored"),
     Setting("max_clients_per_batch", None, [None, _positive_int()], "execution", "ignored"),
-    Setting("compile", False, ["boolean"], "execution", "ignored"),
+    # "auto": compile on CUDA when the fit is long enough to pay (pfedest.core.compiling.choose_compile)
+    Setting("compile", "auto", [StrOptions({"auto"}), "boolean"], "execution", "ignored"),
     Setting("device", "auto", [str, torch.device], "execution", "ignored"),
     Setting("unseen_clients", "error", [StrOptions({"error", "average"})], "session", "ignored"),
     Setting("pretrain_rounds", 0, [_positive_int(0)], "plan", "unsupported"),

@@ -21,6 +21,7 @@ from torch import nn
 from torch.func import vmap
 
 from .algorithms import Algorithm, Params, StepSizes, sgd_gradients, sgd_step, sgd_update, trained_blocks
+from .compiling import bucket_size, compile_step, pad_clients
 
 ENGINES = ("auto", "loop", "vmap")
 
@@ -183,9 +184,11 @@ class VmapEngine:
     def _batched(self, shared: Params) -> bool:
         return any(v.dim() > self._shared_dims[k] for k, v in shared.items())
 
-    def _batched_fn(self, batched: bool, trained: tuple):
-        """The per-client gradients (or, training nothing, the loss stats), vmapped; built once per kind."""
-        key = (batched, trained)
+    def _batched_fn(self, batched: bool, trained: tuple, n_clients: int):
+        """The per-client gradients (or, training nothing, the loss stats), vmapped; built once per
+        kind (and, compiled, per number of clients: each its own compiled function, so that no
+        cache of torch._dynamo's runs past its recompile limit)."""
+        key = (batched, trained, n_clients if self._compile else None)
         fn = self._batched_fns.get(key)
         if fn is None:
             if trained:
@@ -195,7 +198,7 @@ class VmapEngine:
                     return self._loss(shared, personal, idx, mask)[1]
             fn = vmap(one_client, in_dims=(0 if batched else None, 0, 0, 0))
             if self._compile:
-                fn = torch.compile(fn, dynamic=False)
+                fn = compile_step(fn)
             self._batched_fns[key] = fn
         return fn
 
@@ -207,7 +210,7 @@ class VmapEngine:
         """
         trained = trained_blocks(shared, personal, lr_shared, lr_personal)
         batched = self._batched(shared)
-        out = self._batched_fn(batched, trained)(shared, personal, idx, mask)
+        out = self._batched_fn(batched, trained, idx.shape[0])(shared, personal, idx, mask)
         if not trained:
             return shared, personal, out
         grads, stats = out
@@ -222,13 +225,19 @@ class VmapEngine:
 
     def local_updates(self, algorithm: Algorithm, shared: Params, personal: Params, streams, lr: StepSizes):
         """As :meth:`LoopEngine.local_updates`, batched."""
+        n_clients = next(iter(streams.values()))[0].shape[0]
+        if self._compile and bucket_size(n_clients) > n_clients:
+            # compiled steps see a few sizes per octave, not one per chunk size (pfedest.core.compiling)
+            personal, streams = pad_clients(personal, streams, bucket_size(n_clients))
+            out = self.local_updates(algorithm, shared, personal, streams, lr)
+            return tuple({k: v[:n_clients] for k, v in part.items()} for part in out[:2]) + (
+                tuple(t[:n_clients] if torch.is_tensor(t) and t.dim() else t for t in out[2]),)
         per_step = {name: [(idx[:, s], mask[:, s]) for s in range(idx.shape[1])]
                     for name, (idx, mask) in streams.items()}
         # The steps update this copy in place; the caller's tensors keep the values before the
         # round (run_round restores them when a round fails).
         personal = {k: v.clone() for k, v in personal.items()}
         new_shared, new_personal, totals = algorithm.local_update(self._step, shared, personal, per_step, lr)
-        n_clients = next(iter(streams.values()))[0].shape[0]
         if not self._batched(new_shared):  # no shared step ran: every client returns u itself
             new_shared = {k: v.expand(n_clients, *v.shape) for k, v in new_shared.items()}
         return new_shared, new_personal, totals
