@@ -84,6 +84,11 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         (:func:`pfedest.core.compiling.choose_compile`); ``compile_`` says what ran.
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available (then Apple ``mps``), else the CPU.
+    precision : {"fp32", "bf16"}, default="fp32"
+        Arithmetic of the local steps' forward and backward passes: ``"bf16"`` runs them under
+        ``torch.autocast`` to bfloat16 (parameters, updates and averages stay float32), for large
+        rounds on a GPU, which are bound by memory traffic. Results then differ from fp32 by
+        bfloat16 rounding (:ref:`precision`).
     unseen_clients : {"error", "average"}, default="error"
         What ``predict`` does with a client it has not trained: raise a ``ValueError`` naming it,
         or use the shared part with the personal part averaged over known clients.

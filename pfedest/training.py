@@ -20,6 +20,7 @@ from .core.algorithms import ALGORITHMS, StepSizes
 from .core.compiling import choose_compile
 from .core.engine import auto_chunk_size, bytes_per_client, make_engine
 from .core.model import make_loss, mean_loss
+from .core.precision import autocast_loss
 from .core.rounds import run_round
 from .core.sampling import RoundKeys, n_sampled, sample_clients
 from .core.schedules import make_schedule
@@ -143,7 +144,8 @@ def _end_watch(est, fit: FitState, n_rounds: int) -> None:
 
 def stage_runner(est, fit: FitState, stage: str, data: ClientData):
     """A function ``(round_index, n_rounds) -> record`` that runs one round of ``stage``."""
-    base = make_loss(est.module_, dict(est.module_.named_buffers()), data.X, data.y)
+    base = autocast_loss(make_loss(est.module_, dict(est.module_.named_buffers()), data.X, data.y), est.device_,
+                         est.precision)
     present = np.flatnonzero(data.counts)
     personal_state, loss, merge = est.personal_params_, base, None
     options = dict(clip=est.clip_grad_norm, personal_l2=est.personal_l2,
