@@ -50,6 +50,7 @@ from pfedest.callbacks import Callback  # noqa: E402
 from pfedest.core.algorithms import ALGORITHMS, StepSizes  # noqa: E402
 from pfedest.core.engine import auto_chunk_size, bytes_per_client, make_engine  # noqa: E402
 from pfedest.core.model import make_loss  # noqa: E402
+from pfedest.core.precision import autocast_loss  # noqa: E402
 from pfedest.core.rounds import draw_batches, run_round  # noqa: E402
 from pfedest.core.sampling import RoundKeys, sample_clients  # noqa: E402
 from pfedest.core.server import ServerOptimizer, WeightedAverage  # noqa: E402
@@ -62,6 +63,7 @@ VARIANTS = {  # name -> estimator settings beyond the workload's
     "vmap": {"engine": "vmap"},
     "compile": {"compile": True},
     "bf16": {"precision": "bf16"},
+    "compile+bf16": {"compile": True, "precision": "bf16"},
 }
 
 
@@ -104,7 +106,8 @@ class EngineRound:
     """``run_round`` as the fit calls it, without the estimator around it."""
 
     def __init__(self, est, data_X, data_y, counts, offsets, seed):
-        self.loss = make_loss(est.module_, dict(est.module_.named_buffers()), data_X, data_y)
+        self.loss = autocast_loss(make_loss(est.module_, dict(est.module_.named_buffers()), data_X, data_y),
+                                  est.device_, est.precision)
         self.engine = make_engine(est.engine_, self.loss, est.shared_params_, compile=resolved_compile(est))
         self.counts, self.offsets, self.seed, self.device = counts, offsets, seed, est.device_
         self.chunk = est.max_clients_per_batch or auto_chunk_size(
@@ -188,9 +191,8 @@ class FastestLoopRound:
         loop = self.inner
         total = {n: torch.zeros_like(v) for n, v in state.shared.items()}
         weight = 0.0
-        streams = {name: torch.as_tensor(np.asarray(idx) + self.offsets[sampled][:, None, None], device=self.device)
-                   for name, (idx, _) in ((k, (v[0].cpu().numpy() if torch.is_tensor(v[0]) else v[0], v[1]))
-                                          for k, v in batches.items())}
+        first = torch.as_tensor(self.offsets[sampled], device=self.device)[:, None, None]
+        streams = {name: torch.as_tensor(idx, device=self.device) + first for name, (idx, _) in batches.items()}
         for i, c in enumerate(sampled.tolist()):
             params = dict(state.shared)
             params.update({n: state.personal[n][c] for n in loop.personal_names})
@@ -292,7 +294,12 @@ class SizeRunner:
         fit_s, eng_s = med(self.fit_times), med(self.engine_times)
         phases = {p: statistics.median([t[p] for t in self.phase_times[w:]]) for p in PHASES}
         loop_s = med(self.loop_times) if self.loop_times else None
+        n_params = sum(p.numel() for p in self.est.module_.parameters())
+        steps = sum(be.STEPS.values())
+        # PERFORMANCE.md's traffic model: about 20 bytes per fp32 parameter per client step
+        floor = 20 * n_params * self.work.m * steps / (self.args.bandwidth * 1e12) if self.args.bandwidth else None
         return dict(
+            floor=floor, params=n_params,
             clients=self.work.m, variant=self.variant, engine=self.est.engine_, compile=resolved_compile(self.est),
             fit=fit_s, fit_range=(min(self.fit_times[w:]), max(self.fit_times[w:])), engine_s=eng_s, loop=loop_s,
             loop_extrap=self.loop_times and self.loop_scale > 1, phases=phases, bookkeeping=fit_s - eng_s,
@@ -305,10 +312,10 @@ def fmt(s):
     return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
 
 
-def render(rows):
+def render(rows, show_floor=False):
     head = ["clients/round", "fit variant", "engine", "fit s/round (range)", "engine alone", "fastest loop",
             "fit vs loop", "fit vs engine", "draws", "transfers", "client updates", "averaging", "bookkeeping",
-            "first rounds"]
+            "first rounds"] + (["vs memory floor"] if show_floor else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ratio = "-" if r["loop"] is None else f"{r['loop'] / r['fit']:.1f}x" + (" (extrap.)" if r["loop_extrap"] else "")
@@ -316,7 +323,7 @@ def render(rows):
         cells = [f"{r['clients']:,}", r["variant"], eng, f"{fmt(r['fit'])} ({fmt(r['fit_range'][0])}-"
                  f"{fmt(r['fit_range'][1])})", fmt(r["engine_s"]), fmt(r["loop"]), ratio,
                  f"{r['engine_s'] / r['fit']:.2f}", *[fmt(r["phases"][p]) for p in PHASES], fmt(r["bookkeeping"]),
-                 fmt(r["first"])]
+                 fmt(r["first"])] + ([f"{r['fit'] / r['floor']:.2f}x ({fmt(r['floor'])})"] if show_floor else [])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -339,6 +346,9 @@ def parse_args(argv=None):
     p.add_argument("--mlp-hidden", default="64,64",
                    help="hidden widths (64,64: 9k parameters, the CPU figures of PERFORMANCE.md; "
                         "192,192: the 51k MLP of the GPU tables)")
+    p.add_argument("--bandwidth", type=float, default=None,
+                   help="device memory bandwidth in TB/s: adds the fit's time over the traffic floor "
+                        "(20 bytes per parameter per client step, PERFORMANCE.md)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",")]
@@ -358,8 +368,10 @@ def main(argv=None):
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     start = time.perf_counter()
     print(f"# pfedest fit benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}")
+    n_params = sum(p.numel() for p in MLP(args.mlp_features, be.N_CLASSES,
+                                          tuple(int(h) for h in args.mlp_hidden.split(","))).parameters())
     print(f"torch {torch.__version__}, device {device} ({dev_name}), torch threads {torch.get_num_threads()}, "
-          f"MLP {args.mlp_features}-{args.mlp_hidden.replace(',', '-')}-{be.N_CLASSES}")
+          f"MLP {args.mlp_features}-{args.mlp_hidden.replace(',', '-')}-{be.N_CLASSES} ({n_params:,} parameters)")
     print(f"workload: FedAlt, split=head, {be.ROWS_PER_CLIENT} rows per client, batch {be.BATCH}, steps {be.STEPS}, "
           f"lr {be.LR}; clients a round {args.clients} of max({args.population}, clients); median of "
           f"{args.rounds} rounds after {args.warmup} warm-up rounds, contenders interleaved round by round",
@@ -376,7 +388,7 @@ def main(argv=None):
                   + (f" ({r['loop'] / r['fit']:.1f}x)" if r["loop"] else "") + f"; whole fit {r['total']:.1f} s",
                   flush=True)
     print()
-    print(render(rows))
+    print(render(rows, show_floor=bool(args.bandwidth)))
     print()
     print("fit s/round: median (and range) of the timed rounds of one fit, on_round_begin to on_round_end. "
           "engine alone: run_round with the fit's engine, draws and chunks. phases: that round written out with "
