@@ -229,11 +229,12 @@ class Interleave(Callback):
 
     def on_round_begin(self, estimator, round_number, stage):
         sync(estimator.device_)
-        self.tic = time.perf_counter()
+        self.tic, self.cpu_tic = time.perf_counter(), time.thread_time()
 
     def on_round_end(self, estimator, record):
         sync(estimator.device_)
         self.runner.fit_times.append(time.perf_counter() - self.tic)
+        self.runner.fit_cpu.append(time.thread_time() - self.cpu_tic)
         self.runner.after_fit_round(estimator, record["round"])
 
 
@@ -243,6 +244,7 @@ class SizeRunner:
     def __init__(self, work, variant, args):
         self.work, self.variant, self.args = work, variant, args
         self.fit_times, self.engine_times, self.loop_times, self.phase_times = [], [], [], []
+        self.fit_cpu, self.loop_cpu = [], []  # CPU time of this thread: what a quiet machine's wall time would be
         self.others = None
 
     def setup(self, est):
@@ -271,10 +273,11 @@ class SizeRunner:
             self.engine_times.append(time.perf_counter() - tic)
             self.phase_times.append(self.engine.phases(self.states["phases"], round_number, m))
             if self.loop is not None:
-                tic = time.perf_counter()
+                tic, cpu_tic = time.perf_counter(), time.thread_time()
                 scale = self.loop.round(self.states["loop"], round_number, m)
                 sync(d)
                 self.loop_times.append((time.perf_counter() - tic) * scale)
+                self.loop_cpu.append((time.thread_time() - cpu_tic) * scale)
                 self.loop_scale = scale
 
     def run(self):
@@ -294,6 +297,7 @@ class SizeRunner:
         fit_s, eng_s = med(self.fit_times), med(self.engine_times)
         phases = {p: statistics.median([t[p] for t in self.phase_times[w:]]) for p in PHASES}
         loop_s = med(self.loop_times) if self.loop_times else None
+        cpu_ratio = med(self.loop_cpu) / med(self.fit_cpu) if self.loop_cpu else None
         n_params = sum(p.numel() for p in self.est.module_.parameters())
         steps = sum(be.STEPS.values())
         # PERFORMANCE.md's traffic model: about 20 bytes per fp32 parameter per client step
@@ -303,7 +307,8 @@ class SizeRunner:
             clients=self.work.m, variant=self.variant, engine=self.est.engine_, compile=resolved_compile(self.est),
             fit=fit_s, fit_range=(min(self.fit_times[w:]), max(self.fit_times[w:])), engine_s=eng_s, loop=loop_s,
             loop_extrap=self.loop_times and self.loop_scale > 1, phases=phases, bookkeeping=fit_s - eng_s,
-            first=sum(self.fit_times[:w]) - w * fit_s, total=self.total)
+            first=sum(self.fit_times[:w]) - w * fit_s, total=self.total, fit_cpu=med(self.fit_cpu),
+            cpu_ratio=cpu_ratio)
 
 
 def fmt(s):
@@ -315,7 +320,7 @@ def fmt(s):
 def render(rows, show_floor=False):
     head = ["clients/round", "fit variant", "engine", "fit s/round (range)", "engine alone", "fastest loop",
             "fit vs loop", "fit vs engine", "draws", "transfers", "client updates", "averaging", "bookkeeping",
-            "first rounds"] + (["vs memory floor"] if show_floor else [])
+            "first rounds", "fit CPU time/round", "fit vs loop, CPU time"] + (["vs memory floor"] if show_floor else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ratio = "-" if r["loop"] is None else f"{r['loop'] / r['fit']:.1f}x" + (" (extrap.)" if r["loop_extrap"] else "")
@@ -323,7 +328,7 @@ def render(rows, show_floor=False):
         cells = [f"{r['clients']:,}", r["variant"], eng, f"{fmt(r['fit'])} ({fmt(r['fit_range'][0])}-"
                  f"{fmt(r['fit_range'][1])})", fmt(r["engine_s"]), fmt(r["loop"]), ratio,
                  f"{r['engine_s'] / r['fit']:.2f}", *[fmt(r["phases"][p]) for p in PHASES], fmt(r["bookkeeping"]),
-                 fmt(r["first"])] + ([f"{r['fit'] / r['floor']:.2f}x ({fmt(r['floor'])})"] if show_floor else [])
+                 fmt(r["first"]), fmt(r["fit_cpu"]), "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.1f}x"] + ([f"{r['fit'] / r['floor']:.2f}x ({fmt(r['floor'])})"] if show_floor else [])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -395,7 +400,9 @@ def main(argv=None):
           "a device sync after each phase (their sum exceeds 'engine alone' by the syncs). bookkeeping: fit minus "
           "engine alone (sampling state, divergence checks, the probe loss, the history record). first rounds: "
           f"what the {args.warmup} warm-up rounds took beyond as many timed ones (set-up, compiling). fastest loop "
-          f"above {args.max_loop_clients} clients: that many clients timed, scaled (extrap.).")
+          f"above {args.max_loop_clients} clients: that many clients timed, scaled (extrap.). CPU time: of the "
+          "benchmark's thread (time.thread_time), a quiet machine's wall time for 1-thread CPU runs; on a shared "
+          "machine the wall time also holds the waits for a core (on CUDA it misses the device's time).")
     print(f"benchmark wall time {time.perf_counter() - start:.0f} s")
     return 0
 
