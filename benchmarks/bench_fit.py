@@ -19,8 +19,10 @@ own copy of the state, so all contenders are interleaved round by round in one p
   a fresh SGD per client), with the same keyed draws. Above ``--max-loop-clients`` it trains that
   many of the round's clients and its time is scaled by clients / that many (marked "extrap.").
 
-The first ``--warmup`` rounds are excluded; what they cost beyond a timed round is reported apart
-as "first rounds" (one-time set-up and, with ``compile``, the compile time).
+A ``-long`` variant plans a fit of 2,000 rounds and stops it after the timed ones, so that
+``compile="auto"`` decides as for a long fit (it compiles on CUDA). The first ``--warmup`` rounds
+are excluded; what they cost beyond a timed round is reported apart as "first rounds" (one-time
+set-up and, with ``compile``, the compile time).
 
 Examples
 --------
@@ -57,8 +59,10 @@ from pfedest.core.server import ServerOptimizer, WeightedAverage  # noqa: E402
 from pfedest.nn.modules import MLP  # noqa: E402
 
 PHASES = ("draws", "transfers", "client updates", "averaging")
-VARIANTS = {  # name -> estimator settings beyond the workload's
+LONG_FIT = 2000  # rounds a "-long" variant plans (and stops early): compile="auto" compiles such a fit on CUDA
+VARIANTS = {  # name -> estimator settings beyond the workload's; "-long": planned as a long fit
     "defaults": {},
+    "defaults-long": {},
     "loop": {"engine": "loop"},
     "vmap": {"engine": "vmap"},
     "compile": {"compile": True},
@@ -236,6 +240,8 @@ class Interleave(Callback):
         self.runner.fit_times.append(time.perf_counter() - self.tic)
         self.runner.fit_cpu.append(time.thread_time() - self.cpu_tic)
         self.runner.after_fit_round(estimator, record["round"])
+        if len(self.runner.fit_times) >= self.runner.args.warmup + self.runner.args.rounds:
+            estimator.request_stop("bench_fit: the timed rounds are done")
 
 
 class SizeRunner:
@@ -282,7 +288,7 @@ class SizeRunner:
 
     def run(self):
         args = self.args
-        n_rounds = args.warmup + args.rounds
+        n_rounds = LONG_FIT if self.variant.endswith("-long") else args.warmup + args.rounds
         RUNNERS[id(self)] = self
         est = self.work.estimator(n_rounds, [("interleave", Interleave(id(self)))], **VARIANTS[self.variant])
         tic = time.perf_counter()
@@ -323,12 +329,15 @@ def render(rows, show_floor=False):
             "first rounds", "fit CPU time/round", "fit vs loop, CPU time"] + (["vs memory floor"] if show_floor else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        ratio = "-" if r["loop"] is None else f"{r['loop'] / r['fit']:.1f}x" + (" (extrap.)" if r["loop_extrap"] else "")
+        ratio = "-" if r["loop"] is None else f"{r['loop'] / r['fit']:.1f}x" + (
+            " (extrap.)" if r["loop_extrap"] else "")
         eng = r["engine"] + ("+compile" if r["compile"] else "")
         cells = [f"{r['clients']:,}", r["variant"], eng, f"{fmt(r['fit'])} ({fmt(r['fit_range'][0])}-"
                  f"{fmt(r['fit_range'][1])})", fmt(r["engine_s"]), fmt(r["loop"]), ratio,
                  f"{r['engine_s'] / r['fit']:.2f}", *[fmt(r["phases"][p]) for p in PHASES], fmt(r["bookkeeping"]),
-                 fmt(r["first"]), fmt(r["fit_cpu"]), "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.1f}x"] + ([f"{r['fit'] / r['floor']:.2f}x ({fmt(r['floor'])})"] if show_floor else [])
+                 fmt(r["first"]), fmt(r["fit_cpu"]), "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.1f}x"]
+        if show_floor:
+            cells.append(f"{r['fit'] / r['floor']:.2f}x ({fmt(r['floor'])})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -392,6 +401,7 @@ def main(argv=None):
                   f"fit {fmt(r['fit'])}, engine {fmt(r['engine_s'])}, loop {fmt(r['loop'])}"
                   + (f" ({r['loop'] / r['fit']:.1f}x)" if r["loop"] else "") + f"; whole fit {r['total']:.1f} s",
                   flush=True)
+            print("    " + render([r], show_floor=bool(args.bandwidth)).splitlines()[-1], flush=True)
     print()
     print(render(rows, show_floor=bool(args.bandwidth)))
     print()

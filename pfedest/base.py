@@ -47,7 +47,8 @@ class PersonalizedEstimator(BaseEstimator):
                  early_stopping=False, validation_fraction=0.1, clients_per_round=10,
                  personal_steps=None, shared_steps=None, lr=0.3, personal_lr=None, batch_size=32,
                  server_lr=1.0, hidden_layer_sizes=(64, 64), engine="auto", max_clients_per_batch=None,
-                 compile="auto", device="auto", precision="fp32", unseen_clients="error", pretrain_rounds=0, finetune_epochs=0,
+                 compile="auto", device="auto", precision="fp32", unseen_clients="error", pretrain_rounds=0,
+                 finetune_epochs=0,
                  server_optimizer="sgd", server_momentum=0.0, weighting="samples", lr_schedule="constant",
                  clip_grad_norm=None, personal_l2=0.0, personal_l2_target="zero", callbacks=None, warm_start=False,
                  verbose=0, random_state=None):

@@ -90,5 +90,6 @@ def test_auto_does_not_compile_on_the_cpu(federated):
     from pfedest import PartialPersonalizedClassifier
 
     X, y, c = federated
-    est = PartialPersonalizedClassifier(n_rounds=2, tol=None, engine="vmap", device="cpu", random_state=0).fit(X, y, client_ids=c)
+    est = PartialPersonalizedClassifier(n_rounds=2, tol=None, engine="vmap", device="cpu", random_state=0)
+    est.fit(X, y, client_ids=c)
     assert est.compile is not True and est.compile_ is False

@@ -155,7 +155,8 @@ def client_updates(algorithm: Algorithm, engine, shared: Params, personal_state:
         chunk = slice(start, start + chunk_size)
         clients = sampled[chunk]
         first = torch.as_tensor(offsets[clients], device=device)[:, None, None]
-        streams = {name: (torch.as_tensor(idx[chunk], device=device) + first, torch.as_tensor(mask[chunk], device=device))
+        streams = {name: (torch.as_tensor(idx[chunk], device=device) + first,
+                          torch.as_tensor(mask[chunk], device=device))
                    for name, (idx, mask) in batches.items()}
         rows = torch.as_tensor(clients, device=device)
         personal = {k: v[rows] for k, v in personal_state.items()}
