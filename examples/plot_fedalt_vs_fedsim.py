@@ -22,7 +22,7 @@ every ``chi``), one local step per block:
 
 Saves ``fedalt_vs_fedsim.png`` and prints the numbers behind it.
 
-Run: ``python examples/plot_fedalt_vs_fedsim.py --out-dir figures`` (a minute or two; running times in
+Run: ``python examples/plot_fedalt_vs_fedsim.py --out-dir figures`` (about a minute of CPU on 2 cores; running times in
 ``docs/theory.md``).
 """
 
