@@ -12,6 +12,7 @@ import torch
 
 __all__ = ["PRECISIONS", "autocast_loss"]
 
+#: The values of the estimator's ``precision``.
 PRECISIONS = ("fp32", "bf16")
 
 
