@@ -23,6 +23,7 @@ from .callbacks.base import callback_params, named_callbacks, set_callback_param
 from .callbacks.training import Checkpoint
 from .core.devices import resolve_device, to_device
 from .core.engine import choose_engine
+from .core.sampling import n_sampled
 from .core.model import personalized_logits
 from .core.server import ServerOptimizer, make_server_optimizer
 from .fit_state import ClientData, FitState, estimator_state, load_estimator_state, seeds
@@ -49,7 +50,8 @@ class PersonalizedEstimator(BaseEstimator):
                  early_stopping=False, validation_fraction=0.1, clients_per_round=10,
                  personal_steps=None, shared_steps=None, lr=0.3, personal_lr=None, batch_size=32,
                  server_lr=1.0, hidden_layer_sizes=(64, 64), engine="auto", max_clients_per_batch=None,
-                 compile=False, device="auto", unseen_clients="error", pretrain_rounds=0, finetune_epochs=0,
+                 compile="auto", device="auto", precision="fp32", unseen_clients="error", pretrain_rounds=0,
+                 finetune_epochs=0,
                  server_optimizer="sgd", server_momentum=0.0, weighting="samples", lr_schedule="constant",
                  clip_grad_norm=None, personal_l2=0.0, personal_l2_target="zero", callbacks=None, warm_start=False,
                  verbose=0, random_state=None):
@@ -73,6 +75,7 @@ class PersonalizedEstimator(BaseEstimator):
         self.max_clients_per_batch = max_clients_per_batch
         self.compile = compile
         self.device = device
+        self.precision = precision
         self.unseen_clients = unseen_clients
         self.pretrain_rounds = pretrain_rounds
         self.finetune_epochs = finetune_epochs
@@ -377,7 +380,8 @@ class PersonalizedEstimator(BaseEstimator):
         # the first one would, and personalization pulls towards the same anchor.
         self._fit = FitState(seed=draw_seed, personal_init={n: params[n].clone() for n in personal_names})
         n_params = sum(p.numel() for p in params.values())
-        self.engine_ = choose_engine(self.engine, self.module_, self.device_, n_params)
+        self.engine_ = choose_engine(self.engine, self.module_, self.device_, n_params,
+                                     n_sampled(self.clients_per_round, len(clients)))
 
     def _logits(self, X, client_ids):
         check_is_fitted(self)

@@ -78,11 +78,18 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
     max_clients_per_batch : int or None, default=None
         A round's clients are trained in chunks of at most this many (less memory); ``None`` sizes
         chunks to use at most half of the device's free memory.
-    compile : bool, default=False
+    compile : bool or "auto", default="auto"
         With the vmap engine, compile each batched SGD step with ``torch.compile``: faster rounds
-        after a one-time compile of seconds (GPU) to a minute (CPU); for long runs.
+        after a one-time compile of seconds (GPU) to a minute (CPU); for long runs. ``"auto"``
+        compiles on CUDA when the fit plans enough batched steps to pay for it, never on a CPU
+        (:func:`pfedest.core.compiling.choose_compile`); ``compile_`` says what ran.
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available (then Apple ``mps``), else the CPU.
+    precision : {"fp32", "bf16"}, default="fp32"
+        Arithmetic of the local steps' forward and backward passes: ``"bf16"`` runs them under
+        ``torch.autocast`` to bfloat16 (parameters, updates and averages stay float32), for large
+        rounds on a GPU, which are bound by memory traffic. Results then differ from fp32 by
+        bfloat16 rounding (:ref:`precision`).
     unseen_clients : {"error", "average"}, default="error"
         What ``predict`` does with a client it has not trained: raise a ``ValueError`` naming it,
         or use the shared part with the personal part averaged over known clients.
@@ -154,6 +161,8 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         Where the state lives.
     engine_ : str
         The engine that ran.
+    compile_ : bool
+        Whether the batched steps were compiled (``compile`` resolved).
     callbacks_ : list of Callback
         The live copies of ``callbacks`` used by the last ``fit``.
     n_iter_ : int

@@ -27,6 +27,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from torch import nn
 
 from .core.engine import ENGINES
+from .core.precision import PRECISIONS
 from .core.schedules import SCHEDULES
 from .core.server import SERVER_OPTIMIZERS, ServerOptimizer
 from .nn.splits import NAMED_SPLITS
@@ -94,8 +95,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hidden_layer_sizes", (64, 64), [tuple, list], "model", "model"),
     Setting("engine", "auto", [StrOptions(set(ENGINES))], "execution", "ignored"),
     Setting("max_clients_per_batch", None, [None, _positive_int()], "execution", "ignored"),
-    Setting("compile", False, ["boolean"], "execution", "ignored"),
+    # "auto": compile on CUDA when the fit is long enough to pay (pfedest.core.compiling.choose_compile)
+    Setting("compile", "auto", [StrOptions({"auto"}), "boolean"], "execution", "ignored"),
     Setting("device", "auto", [str, torch.device], "execution", "ignored"),
+    # bf16 changes the results beyond float32 rounding (a training setting); the Flower node trains in fp32
+    Setting("precision", "fp32", [StrOptions(set(PRECISIONS))], "training", "unsupported"),
     Setting("unseen_clients", "error", [StrOptions({"error", "average"})], "session", "ignored"),
     Setting("pretrain_rounds", 0, [_positive_int(0)], "plan", "unsupported"),
     Setting("finetune_epochs", 0, [_positive_int(0)], "plan", "unsupported"),

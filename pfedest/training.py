@@ -17,8 +17,10 @@ from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
 from .core.algorithms import ALGORITHMS, StepSizes
+from .core.compiling import choose_compile
 from .core.engine import auto_chunk_size, bytes_per_client, make_engine
 from .core.model import Criterion, cross_entropy, make_loss, mean_loss
+from .core.precision import autocast_loss
 from .core.rounds import run_round
 from .core.sampling import RoundKeys, n_sampled, sample_clients
 from .core.schedules import make_schedule
@@ -39,6 +41,7 @@ def run_plan(est, fit: FitState, plan: list, data: ClientData, callbacks, valid:
     client) is scored after every training round, for ``early_stopping``.
     """
     fit.start(plan, data, valid, start_round=len(est.history_))
+    est.compile_ = choose_compile(est.compile, est.engine_, est.device_, planned_steps(est, plan, data.counts))
     try:
         for cb in callbacks:
             cb.on_train_begin(est)
@@ -47,6 +50,15 @@ def run_plan(est, fit: FitState, plan: list, data: ClientData, callbacks, valid:
             cb.on_train_end(est)
     finally:
         fit.finish()
+
+
+def planned_steps(est, plan: list, counts: np.ndarray) -> int:
+    """Batched local steps the ``plan`` runs at most: its rounds x the local steps of a round
+    (an epoch counted as the largest client's), what ``compile="auto"`` weighs."""
+    epoch = -(-int(np.max(counts, initial=1)) // est.batch_size)
+    per_round = sum(epoch if s is None else s
+                    for s in ALGORITHMS[est.algorithm].steps(est.personal_steps, est.shared_steps).values())
+    return sum(int(n) for _, n in plan) * per_round
 
 
 def _run_stages(est, fit: FitState, data: ClientData, callbacks, criterion: Criterion) -> None:
@@ -137,7 +149,8 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
     """A function ``(round_index, n_rounds) -> record`` that runs one round of ``stage`` (``criterion``:
     the loss, cross-entropy when ``None``)."""
     criterion = criterion or cross_entropy(2)
-    base = make_loss(est.module_, dict(est.module_.named_buffers()), data.X, data.y, criterion)
+    base = autocast_loss(make_loss(est.module_, dict(est.module_.named_buffers()), data.X, data.y, criterion),
+                         est.device_, est.precision)
     present = np.flatnonzero(data.counts)
     personal_state, loss, merge = est.personal_params_, base, None
     options = dict(clip=est.clip_grad_norm, personal_l2=est.personal_l2,
@@ -174,7 +187,7 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
             return est.shared_params_
         return {**est.shared_params_, **{k: v[0] for k, v in est.personal_params_.items() if together}}
 
-    engine = make_engine(est.engine_, loss, shared_in(), compile=est.compile, **options)
+    engine = make_engine(est.engine_, loss, shared_in(), compile=est.compile_, **options)
     server = fit.server(stage, lambda: make_server_optimizer(est.server_optimizer, est.server_lr, est.server_momentum))
     weights = data.counts if est.weighting == "samples" else np.ones(len(data.counts))
     chunk_size = est.max_clients_per_batch or auto_chunk_size(

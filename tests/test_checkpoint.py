@@ -230,7 +230,8 @@ def test_resuming_on_another_engine_device_or_verbosity_is_accepted(federated, t
     # Server SGD, not PARAMS' Adam: loop and vmap sum in other orders, and Adam turns such rounding
     # differences into +-lr steps on coordinates whose pseudo-gradient is near zero (on a 16-core
     # machine, 199 of 4096 weights ended up to 0.016 apart), which would hide what is compared here.
-    params = {**PARAMS, "server_optimizer": "sgd", "server_lr": 1.0}
+    # (vmap named: with 3 clients a round "auto" picks the loop on a CPU)
+    params = {**PARAMS, "server_optimizer": "sgd", "server_lr": 1.0, "engine": "vmap"}
     with pytest.raises(KeyboardInterrupt):
         PartialPersonalizedClassifier(**params, callbacks=[Checkpoint(tmp_path, every=2), CrashAt(5)]).fit(
             X, y, client_ids=c)

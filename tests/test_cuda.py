@@ -56,3 +56,26 @@ def test_a_checkpoint_written_on_cuda_resumes_on_the_cpu(federated, tmp_path):
         torch.testing.assert_close(resumed.shared_params_[k], reference.shared_params_[k].cpu(), rtol=1e-3, atol=1e-4)
     for k in reference.personal_params_:
         torch.testing.assert_close(resumed.personal_params_[k], reference.personal_params_[k].cpu(), rtol=1e-3, atol=1e-4)
+
+
+def test_compiled_rounds_on_cuda_agree_with_eager_ones(federated):
+    """compile=True on the GPU (bucketed chunk sizes, draws made on the device) trains the eager model."""
+    X, y, c = federated
+    params = dict(n_rounds=3, tol=None, engine="vmap", device="cuda", random_state=0)
+    eager = PartialPersonalizedClassifier(**params, compile=False).fit(X, y, client_ids=c)
+    compiled = PartialPersonalizedClassifier(**params, compile=True).fit(X, y, client_ids=c)
+    assert compiled.compile_ and not eager.compile_
+    for k in eager.shared_params_:
+        torch.testing.assert_close(compiled.shared_params_[k], eager.shared_params_[k], rtol=1e-4, atol=1e-5)
+    for k in eager.personal_params_:
+        torch.testing.assert_close(compiled.personal_params_[k], eager.personal_params_[k], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_on_cuda_stays_within_its_tolerance(federated):
+    X, y, c = federated
+    params = dict(n_rounds=1, tol=None, engine="vmap", device="cuda", random_state=0)
+    fp32 = PartialPersonalizedClassifier(**params).fit(X, y, client_ids=c)
+    bf16 = PartialPersonalizedClassifier(**params, precision="bf16").fit(X, y, client_ids=c)
+    for k in fp32.shared_params_:
+        diff = float((bf16.shared_params_[k] - fp32.shared_params_[k]).norm() / fp32.shared_params_[k].norm())
+        assert diff < 1e-2

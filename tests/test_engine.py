@@ -183,6 +183,10 @@ def test_auto_engine_falls_back_for_batchnorm_and_warns_when_vmap_is_forced():
     assert choose_engine("auto", plain, CPU, 300_000) == "vmap"  # measured 1.5x faster at 100 clients a round
     assert choose_engine("auto", plain, CPU, 10_000_000) == "loop"
     assert choose_engine("auto", plain, torch.device("cuda"), 10_000_000) == "vmap"
+    # a CPU trains fewer than 5 clients a round one after another (batching them measured slower)
+    assert [choose_engine("auto", plain, CPU, 10_000, m) for m in (1, 4, 5, 100)] == ["loop", "loop", "vmap", "vmap"]
+    assert choose_engine("auto", plain, torch.device("cuda"), 10_000, 1) == "vmap"
+    assert choose_engine("vmap", plain, CPU, 10_000, 1) == "vmap"
     with_bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     assert choose_engine("auto", with_bn, CPU, 10) == "loop"
     with pytest.warns(UserWarning, match="BatchNorm1d"):

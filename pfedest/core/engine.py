@@ -14,25 +14,32 @@ from __future__ import annotations
 
 import warnings
 from functools import partial
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 from torch import nn
 from torch.func import vmap
 
 from .algorithms import Algorithm, Params, StepSizes, sgd_gradients, sgd_step, sgd_update, trained_blocks
+from .compiling import bucket_size, compile_step, pad_clients
 
 ENGINES = ("auto", "loop", "vmap")
 
 #: Above this many parameters ``engine="auto"`` trains clients one after another on a CPU.
 CPU_VMAP_MAX_PARAMS = 500_000
 
+#: Below this many clients a round ``engine="auto"`` trains them one after another on a CPU: with
+#: 1-3 clients the batched step's overhead made fits 0.45-1.05x as fast as the loop, with 5 or more
+#: 1.05-4x (docs/guide/gpu.rst, "Measured defaults").
+CPU_VMAP_MIN_CLIENTS = 5
+
 #: Modules whose training-mode behaviour does not vectorize over clients (running statistics,
 #: random masks), so ``engine="auto"`` falls back to the loop for networks that contain them.
 _NOT_VECTORIZABLE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
-def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params: int) -> str:
+def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params: int,
+                  clients_per_round: Optional[int] = None) -> str:
     """Resolve ``engine="auto"``; warn when ``"vmap"`` was asked of a module it cannot batch.
 
     Parameters
@@ -45,6 +52,8 @@ def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params
         Where training runs.
     n_params : int
         Number of parameters of the network (above :data:`CPU_VMAP_MAX_PARAMS`, a CPU uses ``"loop"``).
+    clients_per_round : int, optional
+        Clients a round trains (below :data:`CPU_VMAP_MIN_CLIENTS`, a CPU uses ``"loop"``).
 
     Returns
     -------
@@ -60,6 +69,8 @@ def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params
     'vmap'
     >>> choose_engine("auto", torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout()), cpu, 8)
     'loop'
+    >>> choose_engine("auto", torch.nn.Linear(3, 2), cpu, n_params=8, clients_per_round=2)
+    'loop'
     """
     blockers = sorted({type(m).__name__ for m in module.modules() if isinstance(m, _NOT_VECTORIZABLE)})
     if engine == "vmap" and blockers:
@@ -71,7 +82,8 @@ def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params
     if blockers:
         return "loop"
     # On CPUs batching stops paying once the arithmetic dominates (docs/guide/gpu.rst, "Measured defaults").
-    if device.type == "cpu" and n_params > CPU_VMAP_MAX_PARAMS:
+    if device.type == "cpu" and (n_params > CPU_VMAP_MAX_PARAMS
+                                 or (clients_per_round is not None and clients_per_round < CPU_VMAP_MIN_CLIENTS)):
         return "loop"
     return "vmap"
 
@@ -183,9 +195,11 @@ class VmapEngine:
     def _batched(self, shared: Params) -> bool:
         return any(v.dim() > self._shared_dims[k] for k, v in shared.items())
 
-    def _batched_fn(self, batched: bool, trained: tuple):
-        """The per-client gradients (or, training nothing, the loss stats), vmapped; built once per kind."""
-        key = (batched, trained)
+    def _batched_fn(self, batched: bool, trained: tuple, n_clients: int):
+        """The per-client gradients (or, training nothing, the loss stats), vmapped; built once per
+        kind (and, compiled, per number of clients: each its own compiled function, so that no
+        cache of torch._dynamo's runs past its recompile limit)."""
+        key = (batched, trained, n_clients if self._compile else None)
         fn = self._batched_fns.get(key)
         if fn is None:
             if trained:
@@ -195,7 +209,7 @@ class VmapEngine:
                     return self._loss(shared, personal, idx, mask)[1]
             fn = vmap(one_client, in_dims=(0 if batched else None, 0, 0, 0))
             if self._compile:
-                fn = torch.compile(fn, dynamic=False)
+                fn = compile_step(fn)
             self._batched_fns[key] = fn
         return fn
 
@@ -207,7 +221,7 @@ class VmapEngine:
         """
         trained = trained_blocks(shared, personal, lr_shared, lr_personal)
         batched = self._batched(shared)
-        out = self._batched_fn(batched, trained)(shared, personal, idx, mask)
+        out = self._batched_fn(batched, trained, idx.shape[0])(shared, personal, idx, mask)
         if not trained:
             return shared, personal, out
         grads, stats = out
@@ -222,13 +236,19 @@ class VmapEngine:
 
     def local_updates(self, algorithm: Algorithm, shared: Params, personal: Params, streams, lr: StepSizes):
         """As :meth:`LoopEngine.local_updates`, batched."""
+        n_clients = next(iter(streams.values()))[0].shape[0]
+        if self._compile and bucket_size(n_clients) > n_clients:
+            # compiled steps see a few sizes per octave, not one per chunk size (pfedest.core.compiling)
+            personal, streams = pad_clients(personal, streams, bucket_size(n_clients))
+            out = self.local_updates(algorithm, shared, personal, streams, lr)
+            return tuple({k: v[:n_clients] for k, v in part.items()} for part in out[:2]) + (
+                tuple(t[:n_clients] if torch.is_tensor(t) and t.dim() else t for t in out[2]),)
         per_step = {name: [(idx[:, s], mask[:, s]) for s in range(idx.shape[1])]
                     for name, (idx, mask) in streams.items()}
         # The steps update this copy in place; the caller's tensors keep the values before the
         # round (run_round restores them when a round fails).
         personal = {k: v.clone() for k, v in personal.items()}
         new_shared, new_personal, totals = algorithm.local_update(self._step, shared, personal, per_step, lr)
-        n_clients = next(iter(streams.values()))[0].shape[0]
         if not self._batched(new_shared):  # no shared step ran: every client returns u itself
             new_shared = {k: v.expand(n_clients, *v.shape) for k, v in new_shared.items()}
         return new_shared, new_personal, totals

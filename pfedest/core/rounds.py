@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from .algorithms import Algorithm, Params, StepSizes
-from .sampling import minibatch_stream
+from .sampling import RoundKeys, minibatch_stream
 from .server import ServerOptimizer, WeightedAverage
+from .torch_draws import draw_batches_torch, use_torch_draws
 
 __all__ = ["RoundResult", "draw_batches", "client_updates", "server_update", "run_round"]
 
@@ -56,7 +57,8 @@ class RoundResult:
 
 
 def draw_batches(algorithm: Algorithm, rng, counts: np.ndarray, batch_size: int,
-                 steps: Mapping[str, Optional[int]], keys: Optional[np.ndarray] = None) -> dict:
+                 steps: Mapping[str, Optional[int]], keys: Optional[np.ndarray] = None,
+                 device: Optional[torch.device] = None) -> dict:
     """The minibatches of each of ``algorithm``'s streams for clients with ``counts`` rows.
 
     Parameters
@@ -75,10 +77,13 @@ def draw_batches(algorithm: Algorithm, rng, counts: np.ndarray, batch_size: int,
         Step count of each stream (``None``: one epoch).
     keys : ndarray of int, optional
         Each client's identity in the whole federation (with ``RoundKeys``); default ``0..n-1``.
+    device : torch.device, optional
+        Where the round trains. With ``RoundKeys`` on an accelerator the draws are made there, in
+        torch (:mod:`pfedest.core.torch_draws`; the same indices), and come back as tensors.
 
     Returns
     -------
-    dict of str to (ndarray, ndarray)
+    dict of str to (ndarray, ndarray) or (Tensor, Tensor)
         ``(idx, mask)`` per stream, each of shape ``[clients, steps, batch]``; ``idx`` indexes each
         client's own rows.
 
@@ -92,8 +97,10 @@ def draw_batches(algorithm: Algorithm, rng, counts: np.ndarray, batch_size: int,
     ((2, 3, 2), [4, 6])
     """
     counts = np.asarray(counts)
-    if hasattr(rng, "uniforms"):
+    if isinstance(rng, RoundKeys):
         keys = np.arange(len(counts)) if keys is None else np.asarray(keys)
+        if device is not None and use_torch_draws(device):
+            return draw_batches_torch(algorithm.streams, rng, counts, batch_size, steps, keys, device)
         sources = {name: rng.uniforms(i, keys) for i, name in enumerate(algorithm.streams)}
     else:
         sources = {name: rng for name in algorithm.streams}
@@ -147,7 +154,8 @@ def client_updates(algorithm: Algorithm, engine, shared: Params, personal_state:
     for start in range(0, len(sampled), chunk_size):
         chunk = slice(start, start + chunk_size)
         clients = sampled[chunk]
-        streams = {name: (torch.as_tensor(idx[chunk] + offsets[clients][:, None, None], device=device),
+        first = torch.as_tensor(offsets[clients], device=device)[:, None, None]
+        streams = {name: (torch.as_tensor(idx[chunk], device=device) + first,
                           torch.as_tensor(mask[chunk], device=device))
                    for name, (idx, mask) in batches.items()}
         rows = torch.as_tensor(clients, device=device)
@@ -236,7 +244,7 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
     >>> personal["b"].tolist(), new_shared["w"].tolist(), result.row_count
     ([1.0, 1.0], [0.5], 12.0)
     """
-    batches = draw_batches(algorithm, rng, np.asarray(counts)[sampled], batch_size, steps, keys=sampled)
+    batches = draw_batches(algorithm, rng, np.asarray(counts)[sampled], batch_size, steps, keys=sampled, device=device)
     weight = None
     if aggregate:
         weight = np.asarray(counts if weights is None else weights)[sampled]

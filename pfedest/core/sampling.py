@@ -22,6 +22,10 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _BLOCK_WORDS = 1 << 15  # 256 KiB of uint64 per temporary
 
+#: splitmix64's constants as Python ints (increment, first and second multiplier), for ports of
+#: the hash to other array libraries (:mod:`pfedest.core.torch_draws`).
+SPLITMIX64 = (int(_GOLDEN), int(_M1), int(_M2))
+
 
 def _mix(z: np.ndarray) -> np.ndarray:
     """splitmix64's finalizer, elementwise on a uint64 array (a bijection of 64-bit words)."""
@@ -86,12 +90,24 @@ class RoundKeys:
         -------
         ClientUniforms
         """
-        h = _combine(_combine(_combine(np.zeros(1, dtype=np.uint64), _word(self.seed, "seed")),
-                              _word(self.round_number, "round_number")), _word(stream, "stream"))
+        h = np.array([self.stream_key(stream)], dtype=np.uint64)
         clients = np.asarray(clients)
         if clients.ndim != 1 or (clients.size and (not np.issubdtype(clients.dtype, np.integer) or clients.min() < 0)):
             raise ValueError(f"clients must be a 1-d array of integers >= 0, got {clients!r}.")
         return ClientUniforms(_combine(h, clients.astype(np.uint64)))
+
+
+    def stream_key(self, stream: int) -> int:
+        """The word of ``(seed, round_number, stream)`` that each client's index is hashed into.
+
+        Examples
+        --------
+        >>> RoundKeys(0, 1).stream_key(0) != RoundKeys(0, 1).stream_key(1)
+        True
+        """
+        h = _combine(_combine(_combine(np.zeros(1, dtype=np.uint64), _word(self.seed, "seed")),
+                              _word(self.round_number, "round_number")), _word(stream, "stream"))
+        return int(h[0])
 
 
 class ClientUniforms:
