@@ -46,6 +46,7 @@ from pfedest.datasets import federate, make_shifted_clients
 from pfedest.evaluation.model_selection import train_test_split
 from pfedest.evaluation.report import client_accuracies
 from pfedest.fit_state import ClientData
+from pfedest.guard import guard_holdout
 
 DATASETS = ("digits-labels", "covariate")
 
@@ -79,8 +80,8 @@ def guard_variants(est, X_tr, y_tr, c_tr, X_te, y_te, c_te):
     rows_tr = np.array([index[c] for c in c_tr.tolist()])
     codes = np.searchsorted(est.classes_, y_tr)
     data = ClientData.from_rows(X_tr, codes, rows_tr, n, "cpu")
-    # the rows the fit held out: the same deal (ClientData.holdout keyed by the fit's seed)
-    _, valid = data.holdout(est.validation_fraction, est._fit.seed)
+    # the rows the fit held out: the same deal (keyed by the fit's seed and each client's index)
+    _, valid = guard_holdout(data, est.validation_fraction, est._fit.seed)
     valid_rows = valid.row_clients()
     blocks = {"personal": est.personal_params_,
               "global": {k: v[None].expand_as(est.personal_params_[k]) for k, v in est.fallback_params_.items()},

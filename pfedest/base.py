@@ -25,8 +25,8 @@ from .core.engine import choose_engine
 from .core.model import personalized_logits
 from .core.server import ServerOptimizer, make_server_optimizer
 from .fit_state import ClientData, FitState, estimator_state, load_estimator_state, seeds
-from .guard import (check_guard, decide_clients, extend_guard, forget_guard, guard_state, guarded_personal, holds_out,
-                    load_guard_state, unseen_part)
+from .guard import (check_guard, decide_clients, extend_guard, forget_guard, guard_holdout, guard_state, guarded_personal,
+                    holds_out, load_guard_state, unseen_part)
 from .history import History
 from .nn.modules import build_module
 from .nn.splits import make_split
@@ -247,7 +247,9 @@ class PersonalizedEstimator(BaseEstimator):
         data = ClientData.from_rows(X, codes, rows, len(self.clients_), self.device_, dtype=_dtype(self.module_))
         stages = [stage for stage, _ in plan]
         valid = None
-        if (self.early_stopping and "train" in stages) or holds_out(self, stages):
+        if holds_out(self, stages):
+            data, valid = guard_holdout(data, self.validation_fraction, self._fit.seed)
+        elif self.early_stopping and "train" in stages:
             data, valid = data.holdout(self.validation_fraction, self._fit.seed)
         try:
             run_plan(self, self._fit, plan, data, callbacks, valid=valid)

@@ -7,8 +7,9 @@ personalized (Pillutla et al., 2022). With ``guard="validation"`` the estimator
    every training round by the round's sampled clients (each takes ``personal_steps`` local steps
    on it with the round's shared part fixed, the server averages them as it averages the shared
    part), so that ``(shared, fallback)`` is a model every client shares (:func:`fallback_updater`);
-2. holds out ``validation_fraction`` of each client's rows from training (the rows
-   ``early_stopping`` holds out, when both are on);
+2. holds out ``validation_fraction`` of each client's rows from training, keyed per client so
+   that a Flower node holds out the same rows (:func:`guard_holdout`; ``early_stopping``, when
+   also on, monitors these rows);
 3. after training, scores each client's held-out rows under its personal model and under the
    fallback with the estimator's per-row loss (the classifier's: 0/1 error, what its ``score``
    counts), and keeps the personal model only where it beats the fallback by ``guard_margin``
@@ -27,13 +28,13 @@ import torch
 from .checkpoint import CheckpointError
 from .core.algorithms import ALGORITHMS
 from .core.engine import make_engine
-from .core.guard import EVIDENCE_FIELDS, decide
+from .core.guard import EVIDENCE_FIELDS, decide, holdout_mask
 from .core.model import personalized_logits
 from .core.rounds import client_updates, draw_batches
 from .core.sampling import RoundKeys
 
 __all__ = ["FALLBACK_UPDATE", "GUARD_ATTRIBUTES", "check_guard", "fallback_updater", "decide_clients",
-           "guarded_personal", "unseen_part", "extend_guard", "forget_guard", "guard_state", "load_guard_state", "holds_out"]
+           "guarded_personal", "unseen_part", "extend_guard", "forget_guard", "guard_state", "load_guard_state", "holds_out", "guard_holdout"]
 
 #: The fallback's local update: the personal block alone, the shared part fixed.
 FALLBACK_UPDATE = ALGORITHMS["personal_only"]
@@ -53,6 +54,25 @@ def holds_out(est, stages) -> bool:
     if est.guard is None:
         return False
     return "train" in stages or ("personalize" in stages and hasattr(est, "guard_weights_"))
+
+
+def guard_holdout(data, fraction: float, seed: int):
+    """``(train, valid)``: each client's held-out rows (:func:`pfedest.core.guard.holdout_mask`, keyed by
+    the client's index, as a Flower node keys them by its partition-id) and the rest."""
+    labels = data.y.cpu().numpy()
+    held = np.zeros(len(labels), dtype=bool)
+    for i in np.flatnonzero(data.counts):
+        rows = slice(data.offsets[i], data.offsets[i] + data.counts[i])
+        held[rows] = holdout_mask(labels[rows], fraction, seed, i)
+    return _subset(data, ~held), _subset(data, held)
+
+
+def _subset(data, keep):
+    clients = data.row_clients()[keep]
+    index = torch.as_tensor(np.flatnonzero(keep), device=data.X.device)
+    counts = np.bincount(clients, minlength=len(data.counts))
+    return type(data)(X=data.X[index], y=data.y[index], counts=counts,
+                      offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]))
 
 
 def forget_guard(est) -> None:

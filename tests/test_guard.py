@@ -13,6 +13,7 @@ from pfedest.checkpoint import CheckpointError
 from pfedest.core.guard import decide
 from pfedest.datasets import make_shifted_clients
 from pfedest.fit_state import ClientData
+from pfedest.guard import guard_holdout
 
 # ------------------------------------------------------------------------------------- decide
 
@@ -118,13 +119,13 @@ def test_clients_that_fall_back_are_answered_by_the_fallback(guarded, permuted):
 
 
 def held_out(est, X, y, c):
-    """The rows the guarded fit trained on: ClientData.holdout keyed by the fit's seed, dealt on row numbers."""
+    """The rows the guarded fit trained on: its holdout keyed by the fit's seed, dealt on row numbers."""
     index = {k: i for i, k in enumerate(est.clients_.tolist())}
     rows = np.array([index[k] for k in c.tolist()])
     numbers = np.arange(len(X), dtype=np.float64)[:, None]
     data = ClientData.from_rows(numbers, np.searchsorted(est.classes_, y), rows, len(est.clients_), "cpu",
                                 dtype=torch.float64)
-    train, _ = data.holdout(est.validation_fraction, est._fit.seed)
+    train, _ = guard_holdout(data, est.validation_fraction, est._fit.seed)
     mask = np.zeros(len(X), dtype=bool)
     mask[train.X[:, 0].long().numpy()] = True
     return mask

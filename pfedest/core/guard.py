@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GuardEvidence", "decide", "EVIDENCE_FIELDS"]
+__all__ = ["GuardEvidence", "decide", "holdout_mask", "EVIDENCE_FIELDS"]
 
 #: The per-client arrays of :class:`GuardEvidence`, in order.
 EVIDENCE_FIELDS = ("n_valid", "personal_loss", "fallback_loss", "gain", "gain_se")
@@ -105,3 +105,28 @@ def decide(personal_loss, fallback_loss, clients, n_clients: int, margin: float 
     keep = (n >= 2) & (mean > 0) & (mean > threshold)
     evidence = GuardEvidence(n_valid=n, personal_loss=personal, fallback_loss=fallback, gain=mean, gain_se=se)
     return keep.astype(float), evidence
+
+
+def holdout_mask(labels, fraction: float, seed: int, key: int) -> np.ndarray:
+    """Which of one client's rows the guard holds out: ``fraction`` of them, spread over its labels.
+
+    The rows are ordered by label (ties at random, keyed by ``(seed, key)``: ``key`` is the
+    client's index, a Flower node's ``partition-id``) and every ``1/fraction``-th is held out, as
+    :meth:`pfedest.fit_state.ClientData.holdout` does, but keyed per client, so that a node holds
+    out the rows the simulator holds out of that client without seeing anyone else's. A client
+    with fewer than ``1/fraction`` rows holds none out.
+
+    Examples
+    --------
+    >>> holdout_mask([0, 0, 1, 1, 1, 0, 1, 0, 1, 0], 0.2, seed=0, key=3).sum()
+    np.int64(2)
+    >>> holdout_mask([0, 1, 0], 0.2, seed=0, key=3).any()
+    np.False_
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([int(seed), 0, int(key)])
+    order = np.lexsort((rng.random(len(labels)), labels))
+    position = np.arange(len(labels))
+    held = np.zeros(len(labels), dtype=bool)
+    held[order] = np.floor((position + 1) * fraction) > np.floor(position * fraction)
+    return held
