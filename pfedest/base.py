@@ -254,7 +254,8 @@ class PersonalizedEstimator(BaseEstimator):
         try:
             run_plan(self, self._fit, plan, data, callbacks, valid=valid)
             if holds_out(self, stages):  # each client of this call decides on its own held-out rows
-                decide_clients(self, valid, np.flatnonzero(data.counts + valid.counts))
+                decide_clients(self, valid, np.flatnonzero(data.counts + valid.counts),
+                               refresh_fallback="train" in stages)
         finally:
             self.stop_reason_ = self._fit.stop_reason
             if "train" in stages:

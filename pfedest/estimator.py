@@ -56,15 +56,15 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         The share of each client's rows held out with ``early_stopping`` (clients with fewer than
         ``1 / validation_fraction`` rows hold none out).
     guard : {None, "validation"}, default=None
-        ``"validation"``: guard every client against harmful personalization. A fallback (a global
-        copy of the personal part, trained FedAvg-style alongside) is kept, ``validation_fraction``
-        of each client's rows are held out of training, and after training each client keeps its
-        personal part only where, on its own held-out rows, it beats the fallback by
-        ``guard_margin`` standard errors; the other clients are answered by the fallback. A client
-        with fewer than two held-out rows gets the fallback. See ``guard_weights_``,
-        ``guard_evidence_`` and :doc:`/guide/guard`.
+        ``"validation"``: guard every client against harmful personalization. ``validation_fraction``
+        of each client's rows are held out of training; after training, each client keeps its
+        personal part only where, on its own held-out rows, it beats the fallback (the average of
+        the clients' personal parts) by ``guard_margin`` standard errors of the per-row
+        cross-entropy difference; the other clients are answered by the fallback, as is a client
+        with fewer than two held-out rows. See ``guard_weights_``, ``guard_evidence_`` and
+        :doc:`/guide/guard`.
     guard_margin : float >= 0, default=1.0
-        Standard errors of the per-row difference of the held-out 0/1 errors (fallback minus
+        Standard errors of the mean per-row difference of the held-out losses (fallback minus
         personal) by which a client's personal model must beat the fallback to be kept; 0 keeps it
         on any positive difference.
     clients_per_round : int or float, default=10
@@ -158,13 +158,14 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
     personal_fraction_ : float
         Share of the network's parameters that are personal.
     fallback_params_ : dict of str to Tensor
-        With ``guard``: the fallback's personal part (one block, no client axis).
+        With ``guard``: the fallback's personal part, the average of the clients' after training
+        (one block, no client axis).
     guard_weights_ : ndarray of shape (n_clients,)
         With ``guard``: 1.0 where a client keeps its personal part, 0.0 where the fallback answers it.
     guard_evidence_ : dict of str to ndarray
         With ``guard``: per client, ``n_valid`` (held-out rows), ``personal_loss`` and
-        ``fallback_loss`` (their mean 0/1 error), ``gain`` (the difference) and ``gain_se`` (its
-        standard error); :meth:`client_report` shows them.
+        ``fallback_loss`` (their mean cross-entropy), ``gain`` (the difference) and ``gain_se``
+        (its standard error); :meth:`client_report` shows them.
     history_ : History
         One dict per round: ``round``, ``train_loss``, ``clients`` (ids sampled), ``n_clients``,
         ``bytes_up`` (shared parameters sent to the server), ``wall_time`` (seconds), ``lr``; plus
@@ -218,8 +219,9 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         return encode_labels(self.classes_, y)
 
     def _row_losses(self, outputs, targets):
-        # what score counts: the guard keeps a personal model where it makes fewer errors
-        return (outputs.argmax(1) != targets).double()
+        # cross-entropy, not the 0/1 error score counts: on a few held-out rows it tells the two
+        # models apart far more often (docs/guide/guard.rst)
+        return torch.nn.functional.cross_entropy(outputs.double(), targets, reduction="none")
 
     # -------------------------------------------------------------- predict
     def predict_proba(self, X, client_ids=None):

@@ -3,21 +3,20 @@
 Personalization raises the mean accuracy but leaves some clients worse than a model that is not
 personalized (Pillutla et al., 2022). With ``guard="validation"`` the estimator
 
-1. trains a *fallback* alongside: a global copy of the personal block, updated FedAvg-style in
-   every training round by the round's sampled clients (each takes ``personal_steps`` local steps
-   on it with the round's shared part fixed, the server averages them as it averages the shared
-   part), so that ``(shared, fallback)`` is a model every client shares (:func:`fallback_updater`);
-2. holds out ``validation_fraction`` of each client's rows from training, keyed per client so
+1. holds out ``validation_fraction`` of each client's rows from training, keyed per client so
    that a Flower node holds out the same rows (:func:`guard_holdout`; ``early_stopping``, when
    also on, monitors these rows);
-3. after training, scores each client's held-out rows under its personal model and under the
-   fallback with the estimator's per-row loss (the classifier's: 0/1 error, what its ``score``
-   counts), and keeps the personal model only where it beats the fallback by ``guard_margin``
-   standard errors of the paired per-row difference (:func:`pfedest.core.guard.decide`);
-   the other clients are answered by the fallback (:func:`decide_clients`, :func:`guarded_personal`).
+2. after training, takes as the *fallback* the average of the clients' personal parts (the
+   model a client the federation does not know gets with ``unseen_clients="average"``);
+3. scores each client's held-out rows under its personal model and under the fallback with the
+   estimator's per-row loss (the classifier's: cross-entropy), and keeps the personal model only
+   where it beats the fallback by ``guard_margin`` standard errors of the paired per-row
+   difference (:func:`pfedest.core.guard.decide`); the other clients are answered by the
+   fallback (:func:`decide_clients`, :func:`guarded_personal`).
 
-Why a fallback trained alongside rather than the average of the personal parts:
-``docs/guide/guard.rst`` (measured by ``benchmarks/guard.py``).
+Why the average rather than a global copy of the personal block trained alongside (FedAvg-style),
+and why cross-entropy rather than the 0/1 error: ``docs/guide/guard.rst`` (measured by
+``benchmarks/guard.py``).
 """
 
 from __future__ import annotations
@@ -26,18 +25,12 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
-from .core.algorithms import ALGORITHMS
-from .core.engine import make_engine
 from .core.guard import EVIDENCE_FIELDS, decide, holdout_mask
 from .core.model import personalized_logits
-from .core.rounds import client_updates, draw_batches
-from .core.sampling import RoundKeys
 
-__all__ = ["FALLBACK_UPDATE", "GUARD_ATTRIBUTES", "check_guard", "fallback_updater", "decide_clients",
+__all__ = ["GUARD_ATTRIBUTES", "check_guard", "decide_clients",
            "guarded_personal", "unseen_part", "extend_guard", "forget_guard", "guard_state", "load_guard_state", "holds_out", "guard_holdout"]
 
-#: The fallback's local update: the personal block alone, the shared part fixed.
-FALLBACK_UPDATE = ALGORITHMS["personal_only"]
 #: The fitted attributes the guard sets.
 GUARD_ATTRIBUTES = ("fallback_params_", "guard_weights_", "guard_evidence_")
 
@@ -82,50 +75,20 @@ def forget_guard(est) -> None:
             delattr(est, name)
 
 
-def _ensure_fallback(est) -> None:
-    """The fallback starts where the personal parts start: their mean at the first training round
-    (the initial block, or the pre-trained one after ``pretrain_rounds``)."""
-    if getattr(est, "fallback_params_", None) is None:
+def _set_fallback(est, refresh: bool) -> None:
+    """The fallback: the average of the clients' personal parts, taken after training (``refresh``);
+    ``personalize`` keeps the one the fit took, so that adding clients does not move it."""
+    if refresh or getattr(est, "fallback_params_", None) is None:
         est.fallback_params_ = {k: v.mean(0).clone() for k, v in est.personal_params_.items()}
-        n = len(est.clients_)
-        # until the end of the fit decides, every client answers with its personal part (what
-        # callbacks evaluating mid-fit should see)
-        est.guard_weights_ = np.ones(n)
-        est.guard_evidence_ = _empty_evidence(n)
+    if getattr(est, "guard_weights_", None) is None:
+        # a client no held-out row has decided for gets the fallback
+        est.guard_weights_ = np.zeros(len(est.clients_))
+        est.guard_evidence_ = _empty_evidence(len(est.clients_))
 
 
 def _empty_evidence(n: int) -> dict:
     return {name: (np.zeros(n, dtype=np.int64) if name == "n_valid" else np.full(n, np.nan))
             for name in EVIDENCE_FIELDS}
-
-
-def fallback_updater(est, fit, data, loss, chunk_size, weights):
-    """A function ``(shared, sampled, round_number, lr)`` that runs one FedAvg round of the fallback.
-
-    Each sampled client trains a copy of ``est.fallback_params_`` for ``personal_steps`` steps
-    (one epoch by default) with ``shared`` (the round's starting shared part, as a Flower node
-    receives it) fixed, on minibatches keyed by (seed, round, client) like every other draw; the
-    copies are averaged with the round's ``weights``. ``loss`` is the stage's training loss.
-    """
-    _ensure_fallback(est)
-    engine = make_engine(est.engine_, loss, est.shared_params_, clip=est.clip_grad_norm)
-    steps = FALLBACK_UPDATE.steps(est.personal_steps, est.shared_steps)
-
-    def update(shared, sampled, round_number, lr) -> None:
-        sampled = np.asarray(sampled)
-        state = {k: v.expand(len(sampled), *v.shape).clone() for k, v in est.fallback_params_.items()}
-        batches = draw_batches(FALLBACK_UPDATE, RoundKeys(fit.seed, round_number), data.counts[sampled],
-                               est.batch_size, steps, keys=sampled)
-        _, result = client_updates(FALLBACK_UPDATE, engine, shared, state, np.arange(len(sampled)), batches,
-                                   data.offsets[sampled], lr, chunk_size=chunk_size, device=est.device_)
-        if not result.finite:
-            raise FloatingPointError(f"Training diverged in round {round_number}: the guard's fallback loss became "
-                                     f"NaN or infinite. Lower personal_lr or lr (now {lr.personal:g}).")
-        w = torch.as_tensor(np.asarray(weights, dtype=float)[sampled], device=est.device_)
-        w = w / w.sum()
-        est.fallback_params_ = {k: torch.tensordot(w.to(v.dtype), v, dims=1) for k, v in state.items()}
-
-    return update
 
 
 def row_losses(est, valid, personal) -> torch.Tensor:
@@ -140,9 +103,12 @@ def row_losses(est, valid, personal) -> torch.Tensor:
         return est._row_losses(out, valid.y)
 
 
-def decide_clients(est, valid, clients) -> None:
-    """Decide for ``clients`` (indices) from the held-out rows ``valid``; the others keep their decision."""
-    _ensure_fallback(est)
+def decide_clients(est, valid, clients, refresh_fallback: bool = True) -> None:
+    """Decide for ``clients`` (indices) from the held-out rows ``valid``; the others keep their decision.
+
+    With ``refresh_fallback`` (after training) the fallback is first taken anew from the personal parts.
+    """
+    _set_fallback(est, refresh_fallback)
     personal = row_losses(est, valid, est.personal_params_).double().cpu().numpy()
     fallback = row_losses(est, valid, est.fallback_params_).double().cpu().numpy()
     weights, evidence = decide(personal, fallback, valid.row_clients(), len(est.clients_), est.guard_margin)

@@ -25,7 +25,6 @@ from .core.schedules import make_schedule
 from .core.server import make_server_optimizer
 from .core.stopping import Plateau
 from .fit_state import ClientData, FitState
-from .guard import fallback_updater
 from .nn.splits import make_split
 
 
@@ -176,10 +175,6 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData):
     chunk_size = est.max_clients_per_batch or auto_chunk_size(
         est.device_, bytes_per_client(est.module_, data.X[:1], est.batch_size))
 
-    # guard="validation": a global copy of the personal block trained alongside, FedAvg-style (pfedest.guard)
-    update_fallback = fallback_updater(est, fit, data, base, chunk_size, weights) if est.guard and aggregate \
-        and stage == "train" else None
-
     # the loss of the stage's first round in this model's history: a later one far above it diverged
     reference = next((r["train_loss"] for r in est.history_ if r["stage"] == stage), None)
     # a few training rows whose outputs must stay finite (their logits can overflow with finite weights)
@@ -194,9 +189,8 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData):
         round_number = len(est.history_) + 1
         sampled = sample_clients(np.random.default_rng([fit.seed, round_number]), present, sampled_per_round)
         before = {k: v[sampled].clone() for k, v in personal_state.items()}  # to undo a round that diverged
-        start = shared_in()
         shared, result = run_round(
-            algorithm=algorithm, engine=engine, shared=start, personal_state=personal_state,
+            algorithm=algorithm, engine=engine, shared=shared_in(), personal_state=personal_state,
             counts=data.counts, offsets=data.offsets, sampled=sampled, rng=RoundKeys(fit.seed, round_number),
             batch_size=est.batch_size, steps=steps, lr=lr, chunk_size=chunk_size, device=est.device_,
             aggregate=aggregate, server_optimizer=server, weights=weights)
@@ -218,8 +212,6 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData):
                 personal_state[k][sampled] = v
             raise FloatingPointError(f"Training diverged in round {round_number} ({stage}): {problem} The model is "
                                      f"kept as it was after round {round_number - 1}.")
-        if update_fallback is not None:  # from the shared part the round started with, as a Flower node has it
-            update_fallback(start, sampled, round_number, lr)
         if reference is None:
             reference = loss
         est.shared_params_ = merge(shared) if merge else shared

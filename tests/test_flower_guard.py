@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from pfedest.flower import RunSettings, export_app, read_model, run_config_for
-from pfedest.flower.guard import PREFIX, fallback_round, node_decision, split_fallback, train_rows, with_fallback
+from pfedest.flower import RunSettings, export_app, local_round, read_model, run_config_for
+from pfedest.flower.guard import PREFIX, node_decision, split_fallback, train_rows, with_fallback
 from test_flower import N_NODES, flower_context, flower_message, small_estimator, small_federation
 
-GUARD = dict(guard="validation", validation_fraction=0.25, clients_per_round=N_NODES, tol=None)
+GUARD = dict(guard="validation", validation_fraction=0.25, clients_per_round=N_NODES, tol=None, weighting="uniform")
 
 
 @pytest.fixture(scope="module")
@@ -28,23 +28,24 @@ def one_round():
     return X, y, c, start, est
 
 
-def test_the_nodes_fallback_updates_average_to_the_simulators(one_round):
+def test_the_nodes_personal_parts_average_to_the_simulators_fallback(one_round):
+    # the fallback is the average personal part: in a round of every node with uniform weights, the
+    # server's average of what the nodes send is the simulator's
     X, y, c, start, est = one_round
     settings = RunSettings.from_config(run_config_for(est))
     assert settings.guard == "validation" and settings.validation_fraction == 0.25
-    initial = {k: v.mean(0) for k, v in start.personal_params_.items()}
-    updates, weights = [], []
+    sent = []
     for p in range(N_NODES):
         mine = c == p
         keep = train_rows(est, y[mine], settings, partition_id=p)
         assert 0 < (~keep).sum() < keep.sum()
-        updates.append(fallback_round(est, X[mine][keep], y[mine][keep], start.shared_params_, initial, settings,
-                                      server_round=1, partition_id=p))
-        weights.append(keep.sum())
-    w = torch.tensor(weights, dtype=torch.float32) / sum(weights)
+        personal = {k: v[p] for k, v in start.personal_params_.items()}
+        _, new_personal, _ = local_round(est, X[mine][keep], y[mine][keep], start.shared_params_, personal, settings,
+                                         server_round=1, partition_id=p)
+        sent.append(new_personal)
     for k, v in est.fallback_params_.items():
-        mean = sum(wi * u[k] for wi, u in zip(w, updates))
-        torch.testing.assert_close(mean, v, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(sum(s[k] for s in sent) / N_NODES, v, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(v, est.personal_params_[k].mean(0))
 
 
 def test_a_node_decides_as_the_simulator_does_for_its_client(one_round):
@@ -90,7 +91,10 @@ def test_handlers_send_the_fallback_and_keep_the_decision_on_the_node(tmp_path):
     context = flower_context(node_config, run_config)
     reply = train_handler(flower_message(ins), context, app_dir)
     sent = reply.content.array_records["arrays"]
-    assert set(sent.keys()) == set(arrays)  # the shared part and the fallback, never the personal part
+    assert set(sent.keys()) == set(arrays)  # the shared part and, for the fallback, the personal part
+    kept = context.state.array_records["pfedest.personal"]
+    for k in spec.personal:
+        np.testing.assert_array_equal(sent[PREFIX + k].numpy(), kept[k].numpy())
     held = ~train_rows(spec.template(), y[c == 1], RunSettings.from_config(run_config), 1)
     assert reply.content.metric_records["metrics"]["num-examples"] == int((~held).sum())
     # a server without the fallback in its arrays is refused by a guarded node

@@ -1,15 +1,19 @@
 """The guard (``guard="validation"``) in a Flower run: the fallback travels with the shared part, the
 decision stays on the node.
 
-The fallback (a global copy of the personal block, :mod:`pfedest.guard`) is averaged by the
-server like the shared parameters: it rides in the same ``ArrayRecord`` under names prefixed
-``fallback.`` (:data:`PREFIX`), so :class:`~pfedest.flower.strategy.PersonalizedFedAvg` averages it
-with no change, and the server writes it to ``fallback.npz`` beside ``shared.npz``. A node holds out
-the rows the simulator holds out of its client (:func:`pfedest.core.guard.holdout_mask`, keyed by
-its ``partition-id``), trains on the rest, updates the fallback as the simulator does
-(:func:`fallback_round`), and decides on its held-out rows (:func:`node_decision`) when it is asked to
-evaluate; the decision and its evidence go to ``pfedest-<app id>.guard.json`` in its ``state-dir``,
-never to the server. The node's evaluate reply scores the model the decision chose.
+The fallback is the average of the clients' personal parts (:mod:`pfedest.guard`). In a Flower run
+each trained node sends its new personal part beside the shared parameters, under names prefixed
+``fallback.`` (:data:`PREFIX`), and :class:`~pfedest.flower.strategy.PersonalizedFedAvg` averages
+them as it averages the shared part, with no change (weighted as ``weighting`` says, over the
+round's nodes); the server writes the result to ``fallback.npz`` beside ``shared.npz``. **So with
+the guard the server sees every trained node's personal part**, which without it never leaves the
+node: use the guard in Flower only where that is acceptable.
+
+A node holds out the rows the simulator holds out of its client
+(:func:`pfedest.core.guard.holdout_mask`, keyed by its ``partition-id``) and trains on the rest;
+when asked to evaluate, it decides on its held-out rows (:func:`node_decision`, the simulator's
+rule) and scores the model it chose. The decision and its evidence go to
+``pfedest-<app id>.guard.json`` in its ``state-dir``, never to the server.
 """
 
 from __future__ import annotations
@@ -22,16 +26,12 @@ import numpy as np
 import torch
 
 from .._files import atomic_write
-from ..core.engine import make_engine
 from ..core.guard import decide, holdout_mask
-from ..core.model import make_loss, personalized_logits
-from ..core.rounds import client_updates, draw_batches
-from ..core.sampling import RoundKeys
+from ..core.model import personalized_logits
 from ..core.types import Params
-from ..guard import FALLBACK_UPDATE
 from ..validation import encode_labels
 
-__all__ = ["PREFIX", "with_fallback", "split_fallback", "train_rows", "fallback_round", "node_decision",
+__all__ = ["PREFIX", "with_fallback", "split_fallback", "train_rows", "node_decision",
            "write_decision", "decision_file"]
 
 #: The prefix of the fallback's arrays among the shared ones.
@@ -76,43 +76,6 @@ def train_rows(template, y: np.ndarray, settings, partition_id: int) -> np.ndarr
     """
     codes = encode_labels(template.classes_, y)
     return ~holdout_mask(codes, settings.validation_fraction, settings.seed, partition_id)
-
-
-def fallback_round(template, X: np.ndarray, y: np.ndarray, shared: Params, fallback: Params, settings, *,
-                   server_round: int, partition_id: int) -> Params:
-    """The node's update of the fallback: ``personal_steps`` local steps on it with ``shared`` fixed,
-    on the minibatches the simulator draws for this client (:func:`pfedest.guard.fallback_updater`).
-
-    Parameters
-    ----------
-    template : PartialPersonalizedClassifier
-        The network (:meth:`~pfedest.flower.model_file.ModelSpec.template`).
-    X, y : ndarray
-        The node's training rows.
-    shared, fallback : dict of str to Tensor
-        The server's shared parameters and fallback.
-    settings : RunSettings
-    server_round, partition_id : int
-
-    Returns
-    -------
-    dict of str to Tensor
-        The node's new fallback, for the server to average.
-    """
-    codes = torch.as_tensor(encode_labels(template.classes_, y), dtype=torch.int64)
-    module = template.module_
-    loss = make_loss(module, dict(module.named_buffers()), torch.as_tensor(np.array(X, dtype=np.float32)), codes)
-    engine = make_engine("loop", loss, shared, clip=float(settings.clip_grad_norm) or None)
-    steps = FALLBACK_UPDATE.steps(None if settings.personal_steps == -1 else settings.personal_steps, None)
-    batches = draw_batches(FALLBACK_UPDATE, RoundKeys(settings.seed, server_round), np.array([len(X)]),
-                           settings.batch_size, steps, keys=np.array([partition_id]))
-    state = {k: v[None].clone() for k, v in fallback.items()}
-    _, result = client_updates(FALLBACK_UPDATE, engine, dict(shared), state, np.array([0]), batches, np.array([0]),
-                               settings.step_sizes(server_round))
-    if not result.finite:
-        raise FloatingPointError(f"Node {partition_id}: the guard's fallback loss became NaN or infinite in round "
-                                 f"{server_round}; nothing is sent. Lower lr (now {settings.lr}).")
-    return {k: v[0] for k, v in state.items()}
 
 
 def node_decision(template, X: np.ndarray, y: np.ndarray, shared: Params, personal: Params, fallback: Params,

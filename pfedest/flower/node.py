@@ -33,7 +33,7 @@ from ..core.rounds import RoundResult, client_updates, draw_batches
 from ..core.sampling import RoundKeys
 from ..core.types import Params
 from ..validation import encode_labels
-from .guard import decision_file, fallback_round, node_decision, split_fallback, train_rows, with_fallback, write_decision
+from .guard import decision_file, node_decision, split_fallback, train_rows, with_fallback, write_decision
 from .model_file import MODEL_FILE, ModelSpec, check_layout, read_model
 from .records import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, read_npz, to_numpy, to_record, to_tensors, write_npz
 from .settings import RunSettings
@@ -401,9 +401,8 @@ def train_handler(msg, context, app_dir):
     node.store.save(context, new_personal, server_round=server_round, run_id=context.run_id, source=source,
                     start=start, loss=loss)
     reply = {k: new_shared[k] for k in spec.shared}  # by construction, never a personal name
-    if settings.guard:  # the fallback, averaged by the server as the shared part is
-        reply = with_fallback(reply, fallback_round(spec.template(), X, y, shared, fallback, settings,
-                                                    server_round=server_round, partition_id=node.partition_id))
+    if settings.guard:  # the personal part, for the server to average into the fallback (pfedest.flower.guard)
+        reply = with_fallback(reply, new_personal)
     metrics = MetricRecord({"num-examples": int(len(X)), "train-loss-sum": float(result.loss_sum),
                             "train-rows": float(result.row_count), "partition-id": node.partition_id,
                             "personal-source": SOURCES[source]})

@@ -106,7 +106,7 @@ def server_main(grid, context, app_dir) -> Path:
         summary["rounds"] = strategy.rounds
         _write_json(out / "rounds.json", summary)
 
-    # with the guard, the fallback starts from the model's personal part and is averaged with the shared part
+    # with the guard, the nodes' personal parts are averaged into the fallback with the shared part
     initial = with_fallback(spec.shared, spec.personal) if settings.guard else spec.shared
     strategy = PersonalizedFedAvg(initial, settings, on_round=on_round)
     write_npz(out / "shared.npz", spec.shared)
