@@ -63,7 +63,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         cross-entropy difference; the other clients are answered by the fallback, as is a client
         with fewer than two held-out rows. See ``guard_weights_``, ``guard_evidence_`` and
         :doc:`/guide/guard`.
-    guard_margin : float >= 0, default=1.0
+    guard_margin : float >= 0, default=0.5
         Standard errors of the mean per-row difference of the held-out losses (fallback minus
         personal) by which a client's personal model must beat the fallback to be kept; 0 keeps it
         on any positive difference.

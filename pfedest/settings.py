@@ -83,7 +83,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("validation_fraction", 0.1, [Interval(Real, 0, 1, closed="neither")], "training", "run_config"),
     # the guard holds out validation rows and trains a fallback alongside: a resumed fit must keep it
     Setting("guard", None, [None, StrOptions({"validation"})], "training", "run_config"),
-    Setting("guard_margin", 1.0, [Interval(Real, 0, None, closed="left")], "training", "run_config"),
+    Setting("guard_margin", 0.5, [Interval(Real, 0, None, closed="left")], "training", "run_config"),
     Setting("clients_per_round", 10, [_positive_int(), Interval(Real, 0, 1, closed="right")], "training",
             "run_config"),
     Setting("personal_steps", None, [None, _positive_int(0)], "training", "run_config"),

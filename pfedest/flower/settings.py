@@ -139,7 +139,7 @@ class RunSettings:
     weighting: str = "samples"
     clients_per_round: Union[int, float] = 1.0
     guard: str = ""
-    guard_margin: float = 1.0
+    guard_margin: float = 0.5
     validation_fraction: float = 0.1
     min_nodes: int = 2
     node_wait: float = 300.0
