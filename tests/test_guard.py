@@ -254,3 +254,10 @@ def test_the_guard_needs_a_personal_part(permuted):
         PartialPersonalizedClassifier(split="none", guard="validation", **COMMON).fit(X, y, client_ids=c)
     with pytest.raises(ValueError, match="guard"):
         PartialPersonalizedClassifier(guard="always").fit(X, y, client_ids=c)
+
+
+def test_the_gallery_example_draws_every_client(tmp_path, load_example):
+    example = load_example("plot_guard")
+    acc = example.main(["--clients", "6", "--rounds", "3", "--out", str(tmp_path / "guard.png")])
+    assert (tmp_path / "guard.png").stat().st_size > 0
+    assert set(acc) == {"FedAvg", "without guard", "with guard"} and all(len(a) == 6 for a in acc.values())
