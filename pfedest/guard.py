@@ -95,6 +95,8 @@ def row_losses(est, valid, personal) -> torch.Tensor:
     """The estimator's per-row loss of each held-out row under ``personal`` (stacked over clients, or
     one block for all)."""
     module = est.module_
+    if len(valid.X) == 0:  # no client held a row out: every client gets the fallback
+        return torch.zeros(0, dtype=torch.float64)
     rows = torch.as_tensor(valid.row_clients(), device=valid.X.device)
     if next(iter(personal.values())).dim() == next(iter(est.personal_params_.values())).dim() - 1:
         personal, rows = {k: v[None] for k, v in personal.items()}, torch.zeros_like(rows)

@@ -81,7 +81,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("early_stopping", False, ["boolean"], "training", "unsupported"),
     # a Flower node holds out this share of its rows for the guard
     Setting("validation_fraction", 0.1, [Interval(Real, 0, 1, closed="neither")], "training", "run_config"),
-    # the guard holds out validation rows and trains a fallback alongside: a resumed fit must keep it
+    # the guard holds out validation rows and decides after training: a resumed fit must keep it
     Setting("guard", None, [None, StrOptions({"validation"})], "training", "run_config"),
     Setting("guard_margin", 0.5, [Interval(Real, 0, None, closed="left")], "training", "run_config"),
     Setting("clients_per_round", 10, [_positive_int(), Interval(Real, 0, 1, closed="right")], "training",

@@ -109,3 +109,10 @@ def test_handlers_send_the_fallback_and_keep_the_decision_on_the_node(tmp_path):
     assert decision["partition_id"] == 1 and decision["n_valid"] == int(held.sum())
     assert decision["weight"] in (0.0, 1.0) and decision["keeps_personal"] == (decision["weight"] == 1.0)
     assert "weight" not in res.content.metric_records["metrics"]
+
+
+def test_a_node_without_held_out_rows_takes_the_fallback(one_round):
+    X, y, c, _, est = one_round
+    personal = {k: v[0] for k, v in est.personal_params_.items()}
+    weight, evidence = node_decision(est, X[:0], y[:0], est.shared_params_, personal, est.fallback_params_, 0.5)
+    assert weight == 0.0 and evidence["n_valid"] == 0

@@ -261,3 +261,10 @@ def test_the_gallery_example_draws_every_client(tmp_path, load_example):
     acc = example.main(["--clients", "6", "--rounds", "3", "--out", str(tmp_path / "guard.png")])
     assert (tmp_path / "guard.png").stat().st_size > 0
     assert set(acc) == {"FedAvg", "without guard", "with guard"} and all(len(a) == 6 for a in acc.values())
+
+
+def test_clients_too_small_to_hold_rows_out_get_the_fallback(permuted):
+    X, y, c = permuted
+    est = PartialPersonalizedClassifier(guard="validation", **{**COMMON, "validation_fraction": 0.01, "n_rounds": 2})
+    est.fit(X, y, client_ids=c)  # fewer than 100 rows a client: none holds a row out
+    assert est.guard_weights_.tolist() == [0.0] * 6 and est.guard_evidence_["n_valid"].tolist() == [0] * 6

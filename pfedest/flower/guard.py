@@ -90,12 +90,12 @@ def node_decision(template, X: np.ndarray, y: np.ndarray, shared: Params, person
     X_t = torch.as_tensor(np.array(X, dtype=np.float32))
     module = template.module_
     zeros = torch.zeros(len(X_t), dtype=torch.int64)
-    losses = []
+    losses = [np.zeros(0), np.zeros(0)]  # a node that holds no row out gets the fallback
     with torch.no_grad():
-        for block in (personal, fallback):
+        for i, block in enumerate((personal, fallback) if len(X_t) else ()):
             out = personalized_logits(module, dict(module.named_buffers()), shared, {k: v[None] for k, v in block.items()},
                                       X_t, zeros)
-            losses.append(template._row_losses(out, codes).double().numpy())
+            losses[i] = template._row_losses(out, codes).double().numpy()
     weights, evidence = decide(losses[0], losses[1], np.zeros(len(X_t), dtype=np.int64), 1, margin)
     return float(weights[0]), {k: v[0].item() for k, v in evidence.as_dict().items()}
 
