@@ -131,7 +131,7 @@ def held_out(est, X, y, c):
     return mask
 
 
-def test_the_fallback_changes_no_training_of_the_model(guarded, permuted):
+def test_the_guarded_model_is_the_plain_one_trained_on_the_rows_not_held_out(guarded, permuted):
     # the guarded model is the unguarded one trained on the rows the guard did not hold out
     X, y, c = permuted
     mask = held_out(guarded, X, y, c)
@@ -198,13 +198,13 @@ def test_a_state_for_other_clients_is_refused_before_anything_changes(guarded, p
         torch.testing.assert_close(fresh.shared_params_[k], v)
 
 
-def test_warm_start_continues_the_fallback_and_decides_again(permuted):
+def test_warm_start_takes_the_fallback_anew_and_decides_again(permuted):
     X, y, c = permuted
     est = PartialPersonalizedClassifier(guard="validation", warm_start=True, **COMMON).fit(X, y, client_ids=c)
     first = {k: v.clone() for k, v in est.fallback_params_.items()}
     est.fit(X, y, client_ids=c)
     once = PartialPersonalizedClassifier(guard="validation", **{**COMMON, "n_rounds": 24}).fit(X, y, client_ids=c)
-    for k, v in once.fallback_params_.items():  # two fits of 12 rounds are one of 24
+    for k, v in once.fallback_params_.items():  # two fits of 12 rounds are one of 24, fallback included
         torch.testing.assert_close(est.fallback_params_[k], v)
         assert not torch.equal(est.fallback_params_[k], first[k])
     assert np.array_equal(est.guard_weights_, once.guard_weights_)
