@@ -27,6 +27,8 @@ from .core.sampling import n_sampled
 from .core.model import personalized_logits
 from .core.server import ServerOptimizer, make_server_optimizer
 from .fit_state import ClientData, FitState, estimator_state, load_estimator_state, seeds
+from .guard import (check_guard, decide_clients, extend_guard, forget_guard, guard_holdout, guard_state, guarded_personal,
+                    holds_out, load_guard_state, unseen_part)
 from .history import History
 from .nn.modules import build_module
 from .nn.splits import make_split
@@ -47,7 +49,7 @@ class PersonalizedEstimator(BaseEstimator):
     _y_checks: dict = {}
 
     def __init__(self, module=None, *, split="head", algorithm="fedalt", n_rounds=300, tol=1e-4, n_iter_no_change=10,
-                 early_stopping=False, validation_fraction=0.1, clients_per_round=10,
+                 early_stopping=False, validation_fraction=0.1, guard=None, guard_margin=0.5, clients_per_round=10,
                  personal_steps=None, shared_steps=None, lr=0.3, personal_lr=None, batch_size=32,
                  server_lr=1.0, hidden_layer_sizes=(64, 64), engine="auto", max_clients_per_batch=None,
                  compile="auto", device="auto", precision="fp32", unseen_clients="error", pretrain_rounds=0,
@@ -63,6 +65,8 @@ class PersonalizedEstimator(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.guard = guard
+        self.guard_margin = guard_margin
         self.clients_per_round = clients_per_round
         self.personal_steps = personal_steps
         self.shared_steps = shared_steps
@@ -127,6 +131,9 @@ class PersonalizedEstimator(BaseEstimator):
         # Checkpoint after every other callback, run_last ones too: it saves their state of the round
         self.callbacks_ = sorted(callbacks, key=lambda cb: (bool(getattr(cb, "run_last", False)),
                                                             isinstance(cb, Checkpoint)))
+        check_guard(self)
+        if self.guard is None:
+            forget_guard(self)  # a warm start without the guard answers with the personal parts
         self._train(plan, X, codes, rows, self.callbacks_)
         return self
 
@@ -181,7 +188,7 @@ class PersonalizedEstimator(BaseEstimator):
         dict
         """
         check_is_fitted(self)
-        return estimator_state(self, self._fit)
+        return {**estimator_state(self, self._fit), **guard_state(self)}
 
     def load_state_dict(self, state: dict) -> "PersonalizedEstimator":
         """Continue from a :meth:`state_dict` of the same run, or refuse it.
@@ -202,7 +209,9 @@ class PersonalizedEstimator(BaseEstimator):
         """
         check_is_fitted(self)
         make_server = partial(make_server_optimizer, self.server_optimizer, self.server_lr, self.server_momentum)
+        take_guard = load_guard_state(self, state)  # checked before anything changes
         shared, personal, history = load_estimator_state(self, self._fit, state, make_server)
+        take_guard()
         self.shared_params_ = shared
         for k, v in personal.items():
             self.personal_params_[k].copy_(v)
@@ -272,14 +281,29 @@ class PersonalizedEstimator(BaseEstimator):
         data = ClientData.from_rows(X, codes, rows, len(self.clients_), self.device_, dtype=_dtype(self.module_))
         stages = [stage for stage, _ in plan]
         valid = None
-        if self.early_stopping and "train" in stages:
+        if holds_out(self, stages):
+            data, valid = guard_holdout(data, self.validation_fraction, self._fit.seed)
+        elif self.early_stopping and "train" in stages:
             data, valid = data.holdout(self.validation_fraction, self._fit.seed)
         try:
             run_plan(self, self._fit, plan, data, callbacks, valid=valid, criterion=self._criterion())
+            if holds_out(self, stages):  # each client of this call decides on its own held-out rows
+                decide_clients(self, valid, np.flatnonzero(data.counts + valid.counts),
+                               refresh_fallback="train" in stages)
         finally:
             self.stop_reason_ = self._fit.stop_reason
             if "train" in stages:
                 self.n_iter_ = self._fit.progress[stages.index("train")]
+
+    def _row_losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of each row (lower is better), which the guard compares the personal
+        model and its fallback with: cross-entropy for the classifier, the regressor's loss summed over
+        its outputs (on standardized targets)."""
+        # the loss, not the 0/1 error that score counts: on a few held-out rows it tells the two models
+        # apart far more often (docs/guide/guard.rst); double precision, since rows' differences are summed
+        targets = targets.double() if targets.is_floating_point() else targets
+        losses = self._criterion().function(outputs.double(), targets, reduction="none")
+        return losses.reshape(len(losses), -1).sum(1)
 
     def _check_server_settings(self, stacklevel: int) -> None:
         if self.server_momentum:
@@ -342,6 +366,7 @@ class PersonalizedEstimator(BaseEstimator):
     def _add_clients(self, new_ids):
         """New clients start from the average personal part of the known clients."""
         self.clients_ = np.concatenate([self.clients_, new_ids])
+        extend_guard(self, len(new_ids))
         for k, v in self.personal_params_.items():
             start = v.mean(0, keepdim=True).expand(len(new_ids), *v.shape[1:])
             self.personal_params_[k] = torch.cat([v, start])
@@ -374,6 +399,7 @@ class PersonalizedEstimator(BaseEstimator):
         n_personal = sum(params[n].numel() for n in personal_names)
         self.personal_fraction_ = n_personal / sum(p.numel() for p in params.values())
         self.clients_ = clients
+        forget_guard(self)
         self.history_ = History()
         self.stop_reason_ = None
         # The fit state is kept for warm starts and checkpoints: a resumed fit draws exactly what
@@ -388,7 +414,7 @@ class PersonalizedEstimator(BaseEstimator):
         X = validate_data(self, X, reset=False, allow_nd=True, dtype=[np.float32, np.float64])
         check_row_shape(X, self.input_shape_, type(self).__name__)
         rows, unseen = self._client_rows(check_client_ids(client_ids, len(X), known=self.clients_))
-        personal = self.personal_params_
+        personal = guarded_personal(self)
         if len(unseen):
             if self.unseen_clients == "error":
                 raise ValueError(f"client_ids holds clients the model has not been trained on: "
@@ -397,7 +423,7 @@ class PersonalizedEstimator(BaseEstimator):
                                  "them with the known clients' average personal part. To cross-validate, split "
                                  "each client's rows (pfedest.evaluation.ClientKFold, or shuffled rows), so that "
                                  "every client trains in every fold.")
-            personal = {k: torch.cat([v, v.mean(0, keepdim=True)]) for k, v in personal.items()}
+            personal = unseen_part(self, personal)
             rows = np.where(rows < 0, len(self.clients_), rows)
         device = self.device_
         X_t = torch.as_tensor(np.array(X), dtype=_dtype(self.module_), device=device)  # a copy: X may be read-only
@@ -410,7 +436,7 @@ class PersonalizedEstimator(BaseEstimator):
         cpu = torch.device("cpu")
         if "module_" in state:
             state["module_"] = copy.deepcopy(state["module_"]).to(cpu)
-        for key in ("shared_params_", "personal_params_"):
+        for key in ("shared_params_", "personal_params_", "fallback_params_"):
             if key in state:
                 state[key] = to_device(state[key], cpu)
         if "_fit" in state:
@@ -427,6 +453,8 @@ class PersonalizedEstimator(BaseEstimator):
             self.module_ = self.module_.to(self.device_)
             self.shared_params_ = to_device(self.shared_params_, self.device_)
             self.personal_params_ = to_device(self.personal_params_, self.device_)
+            if hasattr(self, "fallback_params_"):
+                self.fallback_params_ = to_device(self.fallback_params_, self.device_)
             self._fit = self._fit.to(self.device_)
 
 

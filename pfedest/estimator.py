@@ -56,6 +56,18 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
     validation_fraction : float in (0, 1), default=0.1
         The share of each client's rows held out with ``early_stopping`` (clients with fewer than
         ``1 / validation_fraction`` rows hold none out).
+    guard : {None, "validation"}, default=None
+        ``"validation"``: guard every client against harmful personalization. ``validation_fraction``
+        of each client's rows are held out of training; after training, each client keeps its
+        personal part only where, on its own held-out rows, it beats the fallback (the average of
+        the clients' personal parts) by ``guard_margin`` standard errors of the per-row
+        cross-entropy difference; the other clients are answered by the fallback, as is a client
+        with fewer than two held-out rows. See ``guard_weights_``, ``guard_evidence_`` and
+        :doc:`/guide/guard`.
+    guard_margin : float >= 0, default=0.5
+        Standard errors of the mean per-row difference of the held-out losses (fallback minus
+        personal) by which a client's personal model must beat the fallback to be kept; 0 keeps it
+        on any positive difference.
     clients_per_round : int or float, default=10
         Clients sampled each round (at most all of them); a float in (0, 1] is a fraction of them.
     personal_steps, shared_steps : int or None, default=None
@@ -153,6 +165,15 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         The personal parameters, each of shape ``(n_clients, *param.shape)``.
     personal_fraction_ : float
         Share of the network's parameters that are personal.
+    fallback_params_ : dict of str to Tensor
+        With ``guard``: the fallback's personal part, the average of the clients' after training
+        (one block, no client axis).
+    guard_weights_ : ndarray of shape (n_clients,)
+        With ``guard``: 1.0 where a client keeps its personal part, 0.0 where the fallback answers it.
+    guard_evidence_ : dict of str to ndarray
+        With ``guard``: per client, ``n_valid`` (held-out rows), ``personal_loss`` and
+        ``fallback_loss`` (their mean cross-entropy), ``gain`` (the difference) and ``gain_se``
+        (its standard error); :meth:`client_report` shows them.
     history_ : History
         One dict per round: ``round``, ``train_loss``, ``clients`` (ids sampled), ``n_clients``,
         ``bytes_up`` (shared parameters sent to the server), ``wall_time`` (seconds), ``lr``; plus

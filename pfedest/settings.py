@@ -83,7 +83,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tol", 1e-4, [None, Interval(Real, 0, None, closed="left")], "training", "unsupported"),
     Setting("n_iter_no_change", 10, [_positive_int()], "training", "unsupported"),
     Setting("early_stopping", False, ["boolean"], "training", "unsupported"),
-    Setting("validation_fraction", 0.1, [Interval(Real, 0, 1, closed="neither")], "training", "unsupported"),
+    # a Flower node holds out this share of its rows for the guard
+    Setting("validation_fraction", 0.1, [Interval(Real, 0, 1, closed="neither")], "training", "run_config"),
+    # the guard holds out validation rows and decides after training: a resumed fit must keep it
+    Setting("guard", None, [None, StrOptions({"validation"})], "training", "run_config"),
+    Setting("guard_margin", 0.5, [Interval(Real, 0, None, closed="left")], "training", "run_config"),
     Setting("clients_per_round", 10, [_positive_int(), Interval(Real, 0, 1, closed="right")], "training",
             "run_config"),
     Setting("personal_steps", None, [None, _positive_int(0)], "training", "run_config"),

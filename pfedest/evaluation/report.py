@@ -171,7 +171,10 @@ class ClientReport:
     clients : pandas.DataFrame or dict of str to ndarray
         One row per client, sorted by client id, with columns ``client``, ``n_samples``,
         ``accuracy`` and, with a baseline, ``baseline_accuracy`` and ``change`` (model minus
-        baseline). A dict of equal-length arrays, keyed by the same column names, without pandas.
+        baseline). With a model fitted with ``guard``, also the guard's ``guard_weight`` (1: the
+        client keeps its personal part, 0: the fallback answers it), ``guard_n_valid``,
+        ``guard_gain`` and ``guard_gain_se`` (:func:`guard_columns`). A dict of equal-length
+        arrays, keyed by the same column names, without pandas.
     summary : pandas.DataFrame or dict of str to dict
         Rows ``mean``, ``weighted_mean`` (by rows per client), ``std`` (over clients, ddof=0), ``10%``,
         ``50%``, ``90%`` (quantiles over clients) and ``worst`` (the minimum), for each of the
@@ -246,6 +249,10 @@ class ClientReport:
         for row in SUMMARY_ROWS:
             lines.append(f"{row:<14}" + "".join(f"{self._summary_value(c, row):>18.4f}" for c in columns))
         lines.append(f"{self.n_clients} clients; " + self.hurt_text())
+        if "guard_weight" in self.clients:
+            kept = np.asarray(self.clients["guard_weight"])
+            lines.append(f"guard: {int(np.nansum(kept))} of {self.n_clients} clients keep their personal part, "
+                         f"{int(np.sum(kept == 0))} use the fallback")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -272,6 +279,32 @@ def _predict(estimator, X, client_ids):
     except (TypeError, ValueError):
         takes_ids = False
     return estimator.predict(X, client_ids=client_ids) if takes_ids else estimator.predict(X)
+
+
+def guard_columns(estimator, clients) -> dict:
+    """The guard's decision and evidence for each of ``clients``: empty unless ``estimator`` was fitted
+    with ``guard`` (its ``guard_weights_`` and ``guard_evidence_``).
+
+    ``guard_weight`` is 1 where the client keeps its personal part, 0 where the fallback answers it;
+    ``guard_n_valid`` its held-out rows; ``guard_gain`` the fallback's mean per-row loss minus the
+    personal model's on them, and ``guard_gain_se`` its standard error. A client the model does not
+    know gets NaN.
+    """
+    weights = getattr(estimator, "guard_weights_", None)
+    if weights is None:
+        return {}
+    index = {c: i for i, c in enumerate(np.asarray(estimator.clients_).tolist())}
+    rows = np.array([index.get(c, -1) for c in np.asarray(clients).tolist()])
+    known = rows >= 0
+
+    def take(values):
+        out = np.full(len(rows), np.nan)
+        out[known] = np.asarray(values, dtype=float)[rows[known]]
+        return out
+
+    evidence = estimator.guard_evidence_
+    return {"guard_weight": take(weights), "guard_n_valid": take(evidence["n_valid"]),
+            "guard_gain": take(evidence["gain"]), "guard_gain_se": take(evidence["gain_se"])}
 
 
 def client_report(estimator, X, y, client_ids, baseline=None, *, as_frame: bool | None = None) -> ClientReport:
@@ -342,6 +375,7 @@ def client_report(estimator, X, y, client_ids, baseline=None, *, as_frame: bool 
             "fraction_improved": float((change > 0).mean()),
             "worst_client": clients[np.argmin(change)].item(),
         }
+    columns.update(guard_columns(estimator, clients))
     if pandas is not None:
         table = pandas.DataFrame(columns)
         summary_table = pandas.DataFrame(summary).loc[list(SUMMARY_ROWS)]

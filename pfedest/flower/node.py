@@ -33,6 +33,7 @@ from ..core.rounds import RoundResult, client_updates, draw_batches
 from ..core.sampling import RoundKeys
 from ..core.types import Params
 from ..validation import encode_labels
+from .guard import decision_file, node_decision, split_fallback, train_rows, with_fallback, write_decision
 from .model_file import MODEL_FILE, ModelSpec, check_layout, read_model
 from .records import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, read_npz, to_numpy, to_record, to_tensors, write_npz
 from .settings import RunSettings
@@ -347,15 +348,20 @@ def _read_rows(path: Path, spec: ModelSpec, node: str, key: str) -> tuple:
     return X, y
 
 
-def _received(msg, context, app_dir) -> tuple:
+def _received(msg, context, app_dir, settings: RunSettings) -> tuple:
     """What the train and evaluate handlers start from: the model, the node, the server's shared
-    parameters (checked) and the node's personal ones with where they came from."""
+    parameters (checked), the node's personal ones with where they came from, and the guard's
+    fallback (checked; ``None`` without the guard)."""
     spec = read_model(Path(app_dir) / MODEL_FILE)
     node = _node(context, spec)
     shared = to_tensors(msg.content.array_records[ARRAYS_KEY])
+    fallback = None
+    if settings.guard:
+        shared, fallback = split_fallback(shared)
+        check_layout("The guard's fallback from the server", fallback, spec.personal)
     check_layout("The shared parameters from the server", shared, spec.shared)
     personal, source = node.store.load(context, spec.personal)
-    return spec, node, shared, personal, source
+    return spec, node, shared, personal, source, fallback
 
 
 def train_handler(msg, context, app_dir):
@@ -381,17 +387,23 @@ def train_handler(msg, context, app_dir):
     from flwr.app import Message, MetricRecord, RecordDict
 
     settings = RunSettings.from_config(context.run_config)
-    spec, node, shared, personal, source = _received(msg, context, app_dir)
+    spec, node, shared, personal, source, fallback = _received(msg, context, app_dir, settings)
     server_round = int(msg.content.config_records[CONFIG_KEY]["server-round"])
     start = digest(personal)
-    new_shared, new_personal, result = local_round(spec.template(), node.X, node.y, shared, personal, settings,
+    X, y = node.X, node.y
+    if settings.guard:  # the rows the guard holds out never train
+        keep = train_rows(spec.template(), y, settings, node.partition_id)
+        X, y = X[keep], y[keep]
+    new_shared, new_personal, result = local_round(spec.template(), X, y, shared, personal, settings,
                                                    server_round=server_round, partition_id=node.partition_id,
                                                    anchor=spec.personal)
     loss = result.loss_sum / max(result.row_count, 1.0)
     node.store.save(context, new_personal, server_round=server_round, run_id=context.run_id, source=source,
                     start=start, loss=loss)
     reply = {k: new_shared[k] for k in spec.shared}  # by construction, never a personal name
-    metrics = MetricRecord({"num-examples": int(len(node.X)), "train-loss-sum": float(result.loss_sum),
+    if settings.guard:  # the personal part, for the server to average into the fallback (pfedest.flower.guard)
+        reply = with_fallback(reply, new_personal)
+    metrics = MetricRecord({"num-examples": int(len(X)), "train-loss-sum": float(result.loss_sum),
                             "train-rows": float(result.row_count), "partition-id": node.partition_id,
                             "personal-source": SOURCES[source]})
     return Message(RecordDict({ARRAYS_KEY: to_record(reply), METRICS_KEY: metrics}), reply_to=msg)
@@ -399,7 +411,8 @@ def train_handler(msg, context, app_dir):
 
 def evaluate_handler(msg, context, app_dir):
     """The ClientApp's evaluate handler: the node's personal accuracy on its own rows (or on the
-    rows of node config ``eval-path``).
+    rows of node config ``eval-path``). With the guard, the node first decides on its held-out
+    rows (:mod:`pfedest.flower.guard`) and scores the model it chose.
 
     Needs ``flwr`` and a SuperNode's message and context, so it has no standalone example; it
     runs :func:`personal_metrics` (which has one).
@@ -420,7 +433,16 @@ def evaluate_handler(msg, context, app_dir):
     """
     from flwr.app import Message, MetricRecord, RecordDict
 
-    spec, node, shared, personal, source = _received(msg, context, app_dir)
+    settings = RunSettings.from_config(context.run_config)
+    spec, node, shared, personal, source, fallback = _received(msg, context, app_dir, settings)
+    if settings.guard:  # the node decides on its own held-out rows; the decision stays here
+        held = ~train_rows(spec.template(), node.y, settings, node.partition_id)
+        weight, evidence = node_decision(spec.template(), node.X[held], node.y[held], shared, personal, fallback,
+                                         settings.guard_margin)
+        write_decision(decision_file(node.store.dir, spec.app_id), partition_id=node.partition_id,
+                       server_round=int(msg.content.config_records[CONFIG_KEY]["server-round"])
+                       if CONFIG_KEY in msg.content.config_records else 0, weight=weight, evidence=evidence)
+        personal = personal if weight > 0 else fallback
     X, y = node.X, node.y
     if context.node_config.get("eval-path"):
         X, y = _read_rows(Path(str(context.node_config["eval-path"])).expanduser(), spec,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from .._files import atomic_write
+from .guard import split_fallback, with_fallback
 from .model_file import MODEL_FILE, read_model
 from .records import to_record, write_npz
 from .settings import RunSettings
@@ -94,22 +95,27 @@ def server_main(grid, context, app_dir) -> Path:
     summary = {"run_id": int(context.run_id), "settings": asdict(settings), "flwr": _flwr_version(),
                "started": time.time(), "rounds": []}
 
-    def on_round(record, shared):
-        if shared is not None:
+    def on_round(record, arrays):
+        if arrays is not None:
+            shared, fallback = split_fallback(arrays)
             write_npz(out / "shared.npz", shared)
+            if fallback:  # the guard's fallback, beside the shared part (pfedest.flower.guard)
+                write_npz(out / "fallback.npz", fallback)
             if settings.keep_rounds:
                 write_npz(out / f"shared-round-{record['round']}.npz", shared)
         summary["rounds"] = strategy.rounds
         _write_json(out / "rounds.json", summary)
 
-    strategy = PersonalizedFedAvg(spec.shared, settings, on_round=on_round)
+    # with the guard, the nodes' personal parts are averaged into the fallback with the shared part
+    initial = with_fallback(spec.shared, spec.personal) if settings.guard else spec.shared
+    strategy = PersonalizedFedAvg(initial, settings, on_round=on_round)
     write_npz(out / "shared.npz", spec.shared)
     if settings.poll_interval > 0 or settings.straggler_wait > 0:
         run_grid = _PollingGrid(grid, settings.poll_interval or 3.0, settings.straggler_wait)
     else:
         run_grid = grid
     logger.info("pfedest: writing results to %s", out)
-    strategy.start(grid=run_grid, initial_arrays=to_record(spec.shared), num_rounds=settings.num_rounds,
+    strategy.start(grid=run_grid, initial_arrays=to_record(initial), num_rounds=settings.num_rounds,
                    timeout=settings.round_timeout)
     summary.update(rounds=strategy.rounds, finished=time.time())
     _write_json(out / "rounds.json", summary)

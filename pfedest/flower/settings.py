@@ -29,7 +29,8 @@ __all__ = ["RunSettings", "schedule_fields", "server_optimizer_fields", "NONE_IN
 #: Estimator parameters whose :class:`RunSettings` field has another name.
 FIELD_NAMES = {"n_rounds": "num_rounds"}
 #: TOML has no ``None``: the run-config value that stands for an estimator parameter's ``None``.
-NONE_IN_RUN_CONFIG = {"personal_lr": 0.0, "personal_steps": -1, "shared_steps": -1, "clip_grad_norm": 0.0}
+NONE_IN_RUN_CONFIG = {"personal_lr": 0.0, "personal_steps": -1, "shared_steps": -1, "clip_grad_norm": 0.0,
+                      "guard": ""}
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,14 @@ class RunSettings:
         Weigh each reply by its ``num-examples`` or equally, as the estimator's ``weighting``.
     clients_per_round : int or float
         Nodes sampled each round: a count, or a fraction in (0, 1] of the connected nodes.
+    guard : {"", "validation"}
+        ``"validation"``: the estimator's guard (:mod:`pfedest.flower.guard`): the fallback travels
+        with the shared parameters, each node holds out ``validation_fraction`` of its rows and
+        decides on them; ``""``: none.
+    guard_margin : float
+        Standard errors by which a node's personal model must beat the fallback to be kept.
+    validation_fraction : float in (0, 1)
+        The share of a node's rows held out for the guard.
     min_nodes : int
         Nodes that must be connected before a round starts.
     node_wait : float
@@ -129,6 +138,9 @@ class RunSettings:
     lr_gamma: float = 0.5
     weighting: str = "samples"
     clients_per_round: Union[int, float] = 1.0
+    guard: str = ""
+    guard_margin: float = 0.5
+    validation_fraction: float = 0.1
     min_nodes: int = 2
     node_wait: float = 300.0
     round_timeout: float = 600.0
@@ -272,6 +284,12 @@ class RunSettings:
         m = self.clients_per_round
         if not number(m) or m <= 0 or (isinstance(m, float) and m > 1):
             bad("clients_per_round", "expected a count >= 1 or a fraction in (0, 1]")
+        if self.guard not in ("", "validation"):
+            bad("guard", "expected '' (none) or 'validation'")
+        if not number(self.guard_margin) or self.guard_margin < 0:
+            bad("guard_margin", "expected a number >= 0")
+        if not number(self.validation_fraction) or not 0 < self.validation_fraction < 1:
+            bad("validation_fraction", "expected a number in (0, 1)")
         if not isinstance(self.keep_rounds, bool):
             bad("keep_rounds", "expected true or false")
         if not isinstance(self.result_dir, str) or not self.result_dir:
