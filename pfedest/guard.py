@@ -53,6 +53,8 @@ def guard_holdout(data, fraction: float, seed: int):
     """``(train, valid)``: each client's held-out rows (:func:`pfedest.core.guard.holdout_mask`, keyed by
     the client's index, as a Flower node keys them by its partition-id) and the rest."""
     labels = data.y.cpu().numpy()
+    if labels.ndim > 1:  # a regressor's targets: spread over the first one's range, as ClientData.holdout does
+        labels = labels[:, 0]
     held = np.zeros(len(labels), dtype=bool)
     for i in np.flatnonzero(data.counts):
         rows = slice(data.offsets[i], data.offsets[i] + data.counts[i])

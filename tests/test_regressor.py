@@ -287,3 +287,26 @@ def test_the_flower_app_refuses_a_regressor(tmp_path, data):
 
     with pytest.raises(TypeError, match="classifiers only"):
         write_model(PartialPersonalizedRegressor(), tmp_path / "model.json", classes=[0, 1], n_features=3)
+
+
+def test_the_guard_decides_a_regressors_clients_on_their_squared_error():
+    # clients whose targets carry their own offset gain from a personal head; the guard compares
+    # squared errors (on standardized targets) and keeps the personal part where it clearly wins
+    from sklearn.datasets import make_regression
+
+    from pfedest.datasets import federate
+
+    X, y = make_regression(n_samples=600, n_features=6, noise=5.0, random_state=0)
+    X, y, c = federate(X, y, n_clients=6, target_shift=3.0, random_state=0)
+    est = PartialPersonalizedRegressor(guard="validation", validation_fraction=0.25, n_rounds=40, tol=None,
+                                       lr=0.1, random_state=0).fit(X, y, c)
+    evidence = est.guard_evidence_
+    assert set(np.unique(est.guard_weights_)) <= {0.0, 1.0}
+    assert np.all(evidence["n_valid"] > 0)
+    # the offsets are large: every client's own head beats the average head on its held-out rows
+    assert np.all(evidence["gain"] > 0) and est.guard_weights_.mean() == 1.0
+    # the evidence is in the regressor's own loss: the mean squared error of standardized targets, halved
+    assert np.all(evidence["personal_loss"] < evidence["fallback_loss"])
+    report = est.client_report(X, y, c)
+    assert np.array_equal(np.asarray(report.clients["guard_weight"]), est.guard_weights_)
+    assert np.all(np.isfinite(np.asarray(report.clients["r2"])))
