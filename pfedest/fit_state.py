@@ -35,7 +35,7 @@ from .core.stopping import Plateau
 from .core.types import Params
 from .history import History
 from .nn.splits import make_split
-from .settings import RESUME_CHECKED, head_resume_checked
+from .settings import HEAD_SETTINGS, RESUME_CHECKED, defaults, head_resume_checked
 
 __all__ = ["ClientData", "FitState", "estimator_state", "load_estimator_state", "describe_setting",
            "training_settings", "stages_left", "seeds"]
@@ -387,6 +387,9 @@ def training_settings(params: dict) -> dict:
 
 
 def _check_settings(saved: dict, now: dict) -> None:
+    # a setting added to pfedest after the checkpoint was written: that fit trained with its default
+    known = {name: value for head in HEAD_SETTINGS for name, value in defaults(head).items()}
+    saved = {**{name: describe_setting(known[name]) for name in now if name not in saved and name in known}, **saved}
     # compared as JSON text, so that 1 and 1.0 (one client, all clients) differ
     changed = [name for name in sorted(set(saved) | set(now))
                if json.dumps(saved.get(name)) != json.dumps(now.get(name))]

@@ -319,3 +319,24 @@ def test_settings_are_described_the_same_in_every_process():
     assert settings["random_state"] == "RandomState"
     # one client, or all of them: the same number, not the same setting
     assert json.dumps(describe_setting(1)) != json.dumps(describe_setting(1.0))
+
+
+def without_setting(directory, name):
+    """``directory``'s newest checkpoint rewritten as if pfedest had not had the setting ``name``."""
+    path, state = latest_checkpoint(directory)
+    meta = json.loads(state["meta"])
+    removed = meta["settings"].pop(name)
+    save_checkpoint({**state, "meta": json.dumps(meta)}, path)
+    return removed
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_as_its_default(federated, crashed, tmp_path):
+    # checkpoints written before `precision` existed lack it: they trained in float32, its default
+    directory = copy_of(crashed, tmp_path)
+    assert without_setting(directory, "precision") == "fp32"
+    assert resume(federated, directory).callbacks_[0].resumed_from_ is not None
+    # a fit that changes the setting is still refused, naming the default the checkpoint trained with
+    again = shutil.copytree(crashed, tmp_path / "again")
+    without_setting(again, "precision")
+    with pytest.raises(CheckpointError, match="precision='fp32' in the checkpoint, 'bf16' in this fit"):
+        resume(federated, again, precision="bf16")
