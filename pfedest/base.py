@@ -28,6 +28,7 @@ from .fit_state import ClientData, FitState, estimator_state, load_estimator_sta
 from .history import History
 from .nn.modules import build_module
 from .nn.splits import make_split
+from .privacy import check_privacy_settings
 from .settings import parameter_constraints
 from .training import run_plan
 from .validation import check_client_ids, check_row_shape
@@ -48,8 +49,8 @@ class PersonalizedEstimator(BaseEstimator):
                  server_lr=1.0, hidden_layer_sizes=(64, 64), engine="auto", max_clients_per_batch=None,
                  compile=False, device="auto", unseen_clients="error", pretrain_rounds=0, finetune_epochs=0,
                  server_optimizer="sgd", server_momentum=0.0, weighting="samples", lr_schedule="constant",
-                 clip_grad_norm=None, personal_l2=0.0, personal_l2_target="zero", callbacks=None, warm_start=False,
-                 verbose=0, random_state=None):
+                 clip_grad_norm=None, personal_l2=0.0, personal_l2_target="zero", privacy=None, callbacks=None,
+                 warm_start=False, verbose=0, random_state=None):
         self.module = module
         self.split = split
         self.algorithm = algorithm
@@ -80,6 +81,7 @@ class PersonalizedEstimator(BaseEstimator):
         self.clip_grad_norm = clip_grad_norm
         self.personal_l2 = personal_l2
         self.personal_l2_target = personal_l2_target
+        self.privacy = privacy
         self.callbacks = callbacks
         self.warm_start = warm_start
         self.verbose = verbose
@@ -104,6 +106,8 @@ class PersonalizedEstimator(BaseEstimator):
         self : PartialPersonalizedClassifier
         """
         self._check_server_settings(stacklevel=3)  # the caller of fit, past _fit_context's wrapper
+        if self.privacy is not None:
+            check_privacy_settings(self)
         resume = self.warm_start and hasattr(self, "shared_params_")
         X, y = validate_data(self, X, y, reset=not resume, allow_nd=True, dtype=[np.float32, np.float64])
         self._check_targets(y)
