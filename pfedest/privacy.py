@@ -215,10 +215,18 @@ def epsilon_of(events: list, delta: float, kind: str = "rdp", sampling: str = "p
     >>> round(epsilon_of([e], delta=1e-6), 2)  # dp-accounting's own test: (1, 1e-6)-DP
     1.0
     """
+    if any(_noiseless(e) for e in events):
+        return math.inf
     accountant = _fresh_accountant(kind, sampling)
     for event in events:
         accountant.compose(event)
     return float(accountant.get_epsilon(delta))
+
+
+def _noiseless(event) -> bool:
+    """A round without noise: nothing bounds its epsilon (the library divides by the multiplier)."""
+    return getattr(getattr(event, "event", event), "noise_multiplier", None) == 0 or any(
+        getattr(e, "noise_multiplier", None) == 0 for e in getattr(getattr(event, "event", None), "events", ()))
 
 
 def calibrate_noise(target_epsilon: float, delta: float, rounds: int, make_event, previous: list = (),
@@ -300,9 +308,11 @@ class PrivateTraining:
                                                     self._event, self.events, config.accountant, config.sampling)
         scale = 1.0 if config.sampling == "poisson" else 2.0
         self.update_multiplier = scale * update_noise_multiplier(self.noise_multiplier / scale, self.count_stddev)
+        self.infinite = any(_noiseless(e) for e in self.events)
         self._accountant = _fresh_accountant(config.accountant, config.sampling)
         for event in self.events:
-            self._accountant.compose(event)
+            if not self.infinite:
+                self._accountant.compose(event)
 
     def _event(self, z: float):
         return round_event(self.config.sampling, self.population, self.expected, z, self.count_stddev)
@@ -333,8 +343,10 @@ class PrivateTraining:
         entry = {"sampling": self.config.sampling, "population": self.population, "expected": self.expected,
                  "noise_multiplier": self.noise_multiplier, "count_stddev": self.count_stddev,
                  "next_clip": self.clip}
-        self._accountant.compose(self._event(self.noise_multiplier))
-        epsilon = math.inf if self.noise_multiplier == 0 else float(self._accountant.get_epsilon(self.config.delta))
+        self.infinite = self.infinite or self.noise_multiplier == 0
+        if not self.infinite:
+            self._accountant.compose(self._event(self.noise_multiplier))
+        epsilon = math.inf if self.infinite else float(self._accountant.get_epsilon(self.config.delta))
         return {"epsilon": epsilon, "dp_clip": used, "dp": entry}
 
 
