@@ -57,7 +57,7 @@ def clip_deltas(deltas: Params, clip: float) -> tuple[Params, torch.Tensor]:
     Examples
     --------
     >>> clipped, norms = clip_deltas({"w": torch.tensor([[3.0, 4.0], [0.3, 0.4]])}, clip=1.0)
-    >>> clipped["w"].tolist(), norms.tolist()
+    >>> clipped["w"].round(decimals=4).tolist(), norms.round(decimals=4).tolist()
     ([[0.6000000238418579, 0.800000011920929], [0.30000001192092896, 0.4000000059604645]], [5.0, 0.5])
     """
     squares = sum(v.reshape(v.shape[0], -1).double().pow(2).sum(1) for v in deltas.values())
