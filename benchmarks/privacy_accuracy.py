@@ -15,7 +15,8 @@ held-out rows (30 %); the table gives the mean over seeds of the mean and of the
 of client accuracy (with the standard deviation over seeds).
 
 Data sets: ``digits``, sklearn's digits dealt to ``--clients`` clients with
-``pfedest.datasets.federate`` (half of them permute the labels: concept shift);
+``pfedest.datasets.federate`` with label skew (Dirichlet class proportions, concentration 0.3:
+most clients hold two or three digits);
 ``covariate``, ``pfedest.datasets.make_shifted_clients`` with per-client affine feature shifts and
 no label shift.
 
@@ -30,6 +31,7 @@ import math
 import time
 
 import numpy as np
+import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -40,13 +42,14 @@ from pfedest.privacy import DifferentialPrivacy, calibrate_noise, round_event
 
 METHODS = {"fedavg": "none", "head": "head", "input": "input", "adapters": "adapters"}
 EPSILONS = (1.0, 3.0, 8.0, math.inf)
+LABEL_SKEW = 0.3  # digits: each client holds mostly two or three digits
 REFERENCE = None  # --reference adds the non-private fit as a column
 
 
 def load(name, n_clients, seed):
     if name == "digits":
         X, y = load_digits(return_X_y=True)
-        X, y, c = federate(X / 16.0, y, n_clients=n_clients, label_shift=0.5, random_state=seed)
+        X, y, c = federate(X / 16.0, y, n_clients=n_clients, label_skew=LABEL_SKEW, random_state=seed)
     else:
         X, y, c = make_shifted_clients(n_clients=n_clients, n_samples_per_client=(20, 60), label_shift=0.0,
                                        feature_shift=1.0, random_state=seed)
@@ -65,11 +68,17 @@ def fit_one(data, method, epsilon, z, seed, args):
     privacy = None if epsilon is None else DifferentialPrivacy(clip=args.clip, noise_multiplier=z, delta=args.delta)
     est = PartialPersonalizedClassifier(
         split=METHODS[method], n_rounds=args.rounds, clients_per_round=args.per_round, lr=args.lr, tol=None,
-        hidden_layer_sizes=tuple(args.hidden), weighting="uniform", privacy=privacy, random_state=seed)
-    est.fit(X_tr, y_tr, client_ids=c_tr)
+        hidden_layer_sizes=tuple(args.hidden), batch_size=args.batch_size, weighting="uniform", privacy=privacy, random_state=seed)
+    try:
+        est.fit(X_tr, y_tr, client_ids=c_tr)
+        diverged = False
+    except FloatingPointError:
+        # the noise's random walk blew the loss up: the estimator keeps the model of the round
+        # before, which is scored as it is (a run that ends early spends less epsilon)
+        diverged = True
     _, _, acc = client_accuracies(est, X_te, y_te, c_te)
     spent = est.history_[-1]["epsilon"] if privacy is not None else None
-    return float(acc.mean()), float(np.quantile(acc, 0.1)), spent
+    return float(acc.mean()), float(np.quantile(acc, 0.1)), spent, diverged
 
 
 def main(argv=None):
@@ -78,32 +87,39 @@ def main(argv=None):
     parser.add_argument("--data", nargs="+", default=["digits", "covariate"])
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--per-round", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--delta", type=float, default=1e-3)
     parser.add_argument("--lr", type=float, default=0.3)
     parser.add_argument("--hidden", type=int, nargs="+", default=[32])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--json", default=None, help="write every run's numbers here")
     parser.add_argument("--reference", action="store_true", help="also the non-private fit (privacy=None)")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 10 rounds, digits only")
     args = parser.parse_args(argv)
-    args.epsilons = EPSILONS + ((REFERENCE,) if args.reference else ())
+    args.epsilons = tuple(args.epsilons) + ((REFERENCE,) if args.reference else ())
     if args.quick:
         args.seeds, args.rounds, args.data = min(args.seeds, 2), 10, ["digits"]
     logging.getLogger("absl").setLevel(logging.ERROR)
+    torch.set_num_threads(1)  # tiny models: more threads cost more than they bring
     tic = time.perf_counter()
     noise = {eps: noise_for(eps, args) for eps in args.epsilons}
+    print(f"clients {args.clients}, {args.per_round} a round (Poisson), {args.rounds} rounds, batch {args.batch_size}, "
+          f"lr {args.lr:g}, clip {args.clip:g}, hidden {args.hidden}")
     print(f"noise multipliers for {args.rounds} rounds, q={args.per_round}/{args.clients}, delta={args.delta:g}: "
           + ", ".join(f"eps={e}: z={z:.3f}" for e, z in noise.items() if e is not None))
     runs = []
     for name in args.data:
         for seed in range(args.seeds):
             data = load(name, args.clients, seed)
-            for method in METHODS:
+            for method in args.methods:
                 for eps in args.epsilons:
-                    mean, p10, spent = fit_one(data, method, eps, noise[eps], seed, args)
+                    mean, p10, spent, diverged = fit_one(data, method, eps, noise[eps], seed, args)
                     runs.append(dict(data=name, seed=seed, method=method, epsilon=eps, spent=spent, mean=mean,
-                                     p10=p10))
+                                     p10=p10, diverged=diverged))
+                print(f"    {name} seed {seed} {method} done at {time.perf_counter() - tic:.0f} s", flush=True)
             print(f"  {name} seed {seed} done at {time.perf_counter() - tic:.0f} s", flush=True)
     print_table(runs, args)
     print(f"total time {time.perf_counter() - tic:.0f} s")
@@ -118,15 +134,17 @@ def label(eps):
 
 def print_table(runs, args):
     for name in args.data:
-        print(f"\n{name}: client accuracy, mean / 10th percentile (sd over {args.seeds} seeds), by epsilon")
+        print(f"\n{name}: client accuracy, mean (sd over {args.seeds} seeds) / 10th percentile, by epsilon; "
+              "[kd]: k runs stopped early, diverged")
         print("| method | " + " | ".join(f"eps={label(e)}" for e in args.epsilons) + " |")
         print("|---" * (len(args.epsilons) + 1) + "|")
-        for method in METHODS:
+        for method in args.methods:
             cells = []
             for eps in args.epsilons:
                 sel = [r for r in runs if r["data"] == name and r["method"] == method and r["epsilon"] == eps]
                 m, p = np.array([r["mean"] for r in sel]), np.array([r["p10"] for r in sel])
-                cells.append(f"{m.mean():.3f} ({m.std():.3f}) / {p.mean():.3f}")
+                stopped = sum(r["diverged"] for r in sel)
+                cells.append(f"{m.mean():.3f} ({m.std():.3f}) / {p.mean():.3f}" + (f" [{stopped}d]" if stopped else ""))
             print(f"| {method} | " + " | ".join(cells) + " |")
 
 
