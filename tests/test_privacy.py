@@ -247,3 +247,11 @@ def test_private_training_samples_as_its_accountant_assumes():
     sizes = [len(poisson.sample(rng, np.arange(50))) for _ in range(2000)]
     assert np.mean(sizes) == pytest.approx(5.0, rel=0.05)
     assert np.var(sizes) == pytest.approx(50 * 0.1 * 0.9, rel=0.15)  # binomial, not fixed
+
+
+def test_the_privacy_example_plots_accuracy_against_epsilon(tmp_path, load_example):
+    results = load_example("plot_privacy").main(["--clients", "12", "--per-round", "6", "--rounds", "2",
+                                                 "--epsilons", "8", "inf", "--out", str(tmp_path / "p.png")])
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+    assert {eps for _, eps in results} == {8.0, math.inf} and len(results) == 4
+    assert all(0 <= p10 <= mean <= 1 for mean, p10 in results.values())
