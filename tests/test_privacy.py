@@ -255,3 +255,23 @@ def test_the_privacy_example_plots_accuracy_against_epsilon(tmp_path, load_examp
     assert (tmp_path / "p.png").stat().st_size > 10_000
     assert {eps for _, eps in results} == {8.0, math.inf} and len(results) == 4
     assert all(0 <= p10 <= mean <= 1 for mean, p10 in results.values())
+
+
+@pytest.mark.parametrize("sampling, accountant", [("fixed", "rdp"), ("poisson", "pld")])
+def test_each_sampling_and_accountant_runs_a_fit(federated, sampling, accountant):
+    est = fit(federated, DifferentialPrivacy(noise_multiplier=2.0, sampling=sampling, accountant=accountant),
+              n_rounds=3)
+    eps = est.history_[:, "epsilon"]
+    assert all(0 < a < b < math.inf for a, b in zip(eps, eps[1:]))
+    if sampling == "fixed":
+        assert est.history_[:, "n_clients"] == [3, 3, 3]
+    assert eps[-1] == pytest.approx(epsilon_of([round_event(sampling, 6, 3, 2.0)] * 3, 1e-5, accountant, sampling))
+
+
+def test_pretraining_rounds_are_private_and_counted(federated):
+    est = fit(federated, DifferentialPrivacy(target_epsilon=4.0, delta=1e-3), pretrain_rounds=2, n_rounds=2,
+              finetune_epochs=1)
+    private = [r for r in est.history_ if "epsilon" in r]
+    assert [r["stage"] for r in private] == ["pretrain", "pretrain", "train", "train"]
+    assert private[-1]["epsilon"] <= 4.0 + 1e-6
+    assert "epsilon" not in est.history_[-1] and est.history_[-1]["stage"] == "finetune"  # nothing is sent
