@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 import torch
+from scipy import stats
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -82,6 +83,7 @@ def fit_one(data, method, epsilon, z, seed, args):
 
 
 def main(argv=None):
+    """Run the grid; print the tables (``--json``: every run's numbers)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--data", nargs="+", default=["digits", "covariate"])
@@ -146,6 +148,26 @@ def print_table(runs, args):
                 stopped = sum(r["diverged"] for r in sel)
                 cells.append(f"{m.mean():.3f} ({m.std():.3f}) / {p.mean():.3f}" + (f" [{stopped}d]" if stopped else ""))
             print(f"| {method} | " + " | ".join(cells) + " |")
+        print(f"\n{name}: mean client accuracy minus FedAvg's at the same epsilon, paired by seed: mean "
+              "[95 % t-interval]; and the accuracy lost from eps=inf, mean over seeds")
+        print("| method | " + " | ".join(f"eps={label(e)}" for e in args.epsilons) + " | lost at eps="
+              + ", ".join(label(e) for e in args.epsilons if e is not None and not math.isinf(e)) + " |")
+        print("|---" * (len(args.epsilons) + 2) + "|")
+
+        def accuracy(method, eps):
+            sel = sorted((r for r in runs if r["data"] == name and r["method"] == method and r["epsilon"] == eps),
+                         key=lambda r: r["seed"])
+            return np.array([r["mean"] for r in sel])
+
+        for method in args.methods:
+            cells = []
+            for eps in args.epsilons:
+                diff = accuracy(method, eps) - accuracy("fedavg", eps)
+                half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0
+                cells.append(f"{diff.mean():+.3f} [{diff.mean() - half:+.3f}, {diff.mean() + half:+.3f}]")
+            lost = [float((accuracy(method, math.inf) - accuracy(method, e)).mean())
+                    for e in args.epsilons if e is not None and not math.isinf(e)]
+            print(f"| {method} | " + " | ".join(cells) + " | " + ", ".join(f"{v:.3f}" for v in lost) + " |")
 
 
 if __name__ == "__main__":
