@@ -68,10 +68,12 @@ def main(argv=None):
     finite = [e for e in args.epsilons if not math.isinf(e)]
     where = {e: (e if not math.isinf(e) else 2 * max(finite or [1.0])) for e in args.epsilons}
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    for (name, style) in (("FedAvg, whole model private", "o-"), ("personal head, shared part private", "s-")):
+    for color, (name, style) in enumerate((("FedAvg, whole model private", "o-"),
+                                           ("personal head, shared part private", "s-"))):
         xs = [where[e] for e in args.epsilons]
-        ax.plot(xs, [results[name, e][0] for e in args.epsilons], style, label=f"{name}: mean")
-        ax.plot(xs, [results[name, e][1] for e in args.epsilons], style, alpha=0.4, label=f"{name}: 10th pct")
+        ax.plot(xs, [results[name, e][0] for e in args.epsilons], style, color=f"C{color}", label=f"{name}: mean")
+        ax.plot(xs, [results[name, e][1] for e in args.epsilons], style.replace("-", "--"), color=f"C{color}",
+                alpha=0.5, label=f"{name}: 10th percentile")
     ax.set_xscale("log")
     ax.set_xticks([where[e] for e in args.epsilons], [f"{e:g}" if not math.isinf(e) else "no noise"
                                                       for e in args.epsilons])
