@@ -20,8 +20,9 @@ most clients hold two or three digits);
 ``covariate``, ``pfedest.datasets.make_shifted_clients`` with per-client affine feature shifts and
 no label shift.
 
-Run: ``python benchmarks/privacy_accuracy.py --seeds 3`` (the table of docs/guide/privacy.rst);
-``--quick`` for a smoke run.
+Run: ``python benchmarks/privacy_accuracy.py --seeds 10 --reference --data digits`` and the same
+with ``--data covariate`` (the tables of docs/guide/privacy.rst; 9 and 11 minutes on 2 shared
+cores); ``--local`` adds local training alone; ``--quick`` for a smoke run.
 """
 
 import argparse
@@ -68,7 +69,7 @@ def fit_one(data, method, epsilon, z, seed, args):
     X_tr, X_te, y_tr, y_te, c_tr, c_te = data
     privacy = None if epsilon is None else DifferentialPrivacy(clip=args.clip, noise_multiplier=z, delta=args.delta)
     est = PartialPersonalizedClassifier(
-        split=METHODS[method], n_rounds=args.rounds, clients_per_round=args.per_round, lr=args.lr, tol=None,
+        split=METHODS.get(method, "full"), n_rounds=args.rounds, clients_per_round=args.per_round, lr=args.lr, tol=None,
         hidden_layer_sizes=tuple(args.hidden), batch_size=args.batch_size, weighting="uniform", privacy=privacy, random_state=seed)
     try:
         est.fit(X_tr, y_tr, client_ids=c_tr)
@@ -99,6 +100,7 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--json", default=None, help="write every run's numbers here")
     parser.add_argument("--reference", action="store_true", help="also the non-private fit (privacy=None)")
+    parser.add_argument("--local", action="store_true", help="also local training alone (split='full')")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 10 rounds, digits only")
     args = parser.parse_args(argv)
     args.epsilons = tuple(args.epsilons) + ((REFERENCE,) if args.reference else ())
@@ -122,6 +124,10 @@ def main(argv=None):
                     runs.append(dict(data=name, seed=seed, method=method, epsilon=eps, spent=spent, mean=mean,
                                      p10=p10, diverged=diverged))
                 print(f"    {name} seed {seed} {method} done at {time.perf_counter() - tic:.0f} s", flush=True)
+            if args.local:  # every parameter personal: nothing is sent, the release spends epsilon 0
+                mean, p10, _, _ = fit_one(data, "local", None, 0.0, seed, args)
+                runs.append(dict(data=name, seed=seed, method="local", epsilon=0.0, spent=0.0, mean=mean, p10=p10,
+                                 diverged=False))
             print(f"  {name} seed {seed} done at {time.perf_counter() - tic:.0f} s", flush=True)
     print_table(runs, args)
     print(f"total time {time.perf_counter() - tic:.0f} s")
@@ -148,6 +154,11 @@ def print_table(runs, args):
                 stopped = sum(r["diverged"] for r in sel)
                 cells.append(f"{m.mean():.3f} ({m.std():.3f}) / {p.mean():.3f}" + (f" [{stopped}d]" if stopped else ""))
             print(f"| {method} | " + " | ".join(cells) + " |")
+        local = [r for r in runs if r["data"] == name and r["method"] == "local"]
+        if local:
+            m, p = np.array([r["mean"] for r in local]), np.array([r["p10"] for r in local])
+            print(f"local training alone (split='full', nothing sent: epsilon 0): {m.mean():.3f} ({m.std():.3f}) / "
+                  f"{p.mean():.3f}")
         print(f"\n{name}: mean client accuracy minus FedAvg's at the same epsilon, paired by seed: mean "
               "[95 % t-interval]; and the accuracy lost from eps=inf, mean over seeds")
         print("| method | " + " | ".join(f"eps={label(e)}" for e in args.epsilons) + " | lost at eps="
@@ -166,7 +177,7 @@ def print_table(runs, args):
                 half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0
                 cells.append(f"{diff.mean():+.3f} [{diff.mean() - half:+.3f}, {diff.mean() + half:+.3f}]")
             lost = [float((accuracy(method, math.inf) - accuracy(method, e)).mean())
-                    for e in args.epsilons if e is not None and not math.isinf(e)]
+                    for e in args.epsilons if e is not None and not math.isinf(e)] if math.inf in args.epsilons else []
             print(f"| {method} | " + " | ".join(cells) + " | " + ", ".join(f"{v:.3f}" for v in lost) + " |")
 
 
