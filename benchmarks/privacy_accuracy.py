@@ -70,7 +70,8 @@ def fit_one(data, method, epsilon, z, seed, args):
     privacy = None if epsilon is None else DifferentialPrivacy(clip=args.clip, noise_multiplier=z, delta=args.delta)
     est = PartialPersonalizedClassifier(
         split=METHODS.get(method, "full"), n_rounds=args.rounds, clients_per_round=args.per_round, lr=args.lr, tol=None,
-        hidden_layer_sizes=tuple(args.hidden), batch_size=args.batch_size, weighting="uniform", privacy=privacy, random_state=seed)
+        hidden_layer_sizes=tuple(args.hidden), batch_size=args.batch_size, weighting="uniform", privacy=privacy,
+        random_state=seed)
     try:
         est.fit(X_tr, y_tr, client_ids=c_tr)
         diverged = False

@@ -119,7 +119,9 @@ class DifferentialPrivacy(BaseEstimator):
             if value is None and none:
                 return
             ok = isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
-            ok = ok and (low <= value if low_closed else low < value) and (value <= high if high_closed else value < high)
+            above = low <= value if low_closed else low < value
+            below = value <= high if high_closed else value < high
+            ok = ok and above and below
             if not ok:
                 interval = f"{'[' if low_closed else '('}{low}, {high}{']' if high_closed else ')'}"
                 raise ValueError(f"DifferentialPrivacy: {name} must be a number in {interval}"

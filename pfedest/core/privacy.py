@@ -143,7 +143,8 @@ class PrivateSum:
         return {k: out[k] for k in self._sum}
 
     def clipped_fraction(self) -> float:
-        """The fraction of clients whose delta was within ``clip``, with its noise (drawn once, after :meth:`mean`'s)."""
+        """The fraction of clients whose delta was within ``clip``, with its noise (drawn once, after
+        :meth:`mean`'s)."""
         if self._noisy_count is None:
             noise = float(torch.randn((), generator=self.generator, dtype=torch.float64)) if self.count_std > 0 else 0.0
             self._noisy_count = self._within + self.count_std * noise
