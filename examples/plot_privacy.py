@@ -8,7 +8,7 @@ On federated digits (label skew: most of the 100 clients hold two or three digit
 for the same rounds at each target epsilon, the noise multiplier set by ``target_epsilon``, and
 every client is evaluated on its own held-out rows.
 
-Run: ``python examples/plot_privacy.py`` (about a minute on 2 free cores; the docs run a smaller
+Run: ``python examples/plot_privacy.py`` (20 s on one core; the docs run a smaller
 size). Writes ``privacy.png`` (``--out``). The table of ``docs/guide/privacy.rst``, over seeds and
 on two data sets, comes from ``benchmarks/privacy_accuracy.py``.
 """
