@@ -32,6 +32,7 @@ from .guard import (check_guard, decide_clients, extend_guard, forget_guard, gua
 from .history import History
 from .nn.modules import build_module
 from .nn.splits import make_split
+from .privacy import check_privacy_settings
 from .settings import parameter_constraints
 from .training import run_plan
 from .validation import check_client_ids, check_row_shape
@@ -55,8 +56,8 @@ class PersonalizedEstimator(BaseEstimator):
                  compile="auto", device="auto", precision="fp32", unseen_clients="error", pretrain_rounds=0,
                  finetune_epochs=0,
                  server_optimizer="sgd", server_momentum=0.0, weighting="samples", lr_schedule="constant",
-                 clip_grad_norm=None, personal_l2=0.0, personal_l2_target="zero", callbacks=None, warm_start=False,
-                 verbose=0, random_state=None):
+                 clip_grad_norm=None, personal_l2=0.0, personal_l2_target="zero", privacy=None, callbacks=None,
+                 warm_start=False, verbose=0, random_state=None):
         self.module = module
         self.split = split
         self.algorithm = algorithm
@@ -90,6 +91,7 @@ class PersonalizedEstimator(BaseEstimator):
         self.clip_grad_norm = clip_grad_norm
         self.personal_l2 = personal_l2
         self.personal_l2_target = personal_l2_target
+        self.privacy = privacy
         self.callbacks = callbacks
         self.warm_start = warm_start
         self.verbose = verbose
@@ -114,6 +116,8 @@ class PersonalizedEstimator(BaseEstimator):
         self : PartialPersonalizedClassifier
         """
         self._check_server_settings(stacklevel=3)  # the caller of fit, past _fit_context's wrapper
+        if self.privacy is not None:
+            check_privacy_settings(self)
         resume = self.warm_start and hasattr(self, "shared_params_")
         X, y = validate_data(self, X, y, reset=not resume, allow_nd=True, dtype=[np.float32, np.float64],
                              **self._y_checks)

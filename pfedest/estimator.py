@@ -138,6 +138,12 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         L2 penalty ``personal_l2 / 2 * ||v - target||^2`` on the personal part.
     personal_l2_target : {"zero", "init"}, default="zero"
         Pull the personal part towards zero or towards its value at the start of personalization.
+    privacy : DifferentialPrivacy or None, default=None
+        User-level differential privacy of the shared part (DP-FedAvg,
+        :class:`pfedest.privacy.DifferentialPrivacy`): clients sampled as its accountant assumes,
+        each one's shared update clipped, Gaussian noise added by the server, every client weighted
+        equally (``weighting`` is not used); the personal part is never sent. ``history_`` then
+        holds the ``epsilon`` spent after each round. Needs ``pip install pfedest[privacy]``.
     callbacks : list of Callback or (name, Callback) or None, default=None
         Hooks run at the start and end of training and of each round (:mod:`pfedest.callbacks`:
         ``EvaluateClients``, ``EarlyStopping``, ``Checkpoint``); cloned at each ``fit``. Each is
@@ -176,8 +182,9 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         (its standard error); :meth:`client_report` shows them.
     history_ : History
         One dict per round: ``round``, ``train_loss``, ``clients`` (ids sampled), ``n_clients``,
-        ``bytes_up`` (shared parameters sent to the server), ``wall_time`` (seconds), ``lr``; plus
-        what callbacks add.
+        ``bytes_up`` (shared parameters sent to the server), ``wall_time`` (seconds), ``lr``; with
+        ``privacy``, ``epsilon`` (spent so far, at its ``delta``), ``dp_clip`` (the clip norm of the
+        round) and ``dp`` (the round's accounting); plus what callbacks add.
     device_ : torch.device
         Where the state lives.
     engine_ : str

@@ -31,6 +31,7 @@ from .core.precision import PRECISIONS
 from .core.schedules import SCHEDULES
 from .core.server import SERVER_OPTIMIZERS, ServerOptimizer
 from .nn.splits import NAMED_SPLITS
+from .privacy import DifferentialPrivacy
 
 __all__ = ["Setting", "SETTINGS", "HEAD_SETTINGS", "RESUME_CHECKED", "names", "defaults", "parameter_constraints",
            "by_role", "head_resume_checked"]
@@ -115,6 +116,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("clip_grad_norm", None, [None, _POSITIVE], "training", "run_config"),
     Setting("personal_l2", 0.0, [Interval(Real, 0, None, closed="left")], "training", "run_config"),
     Setting("personal_l2_target", "zero", [StrOptions({"zero", "init"})], "training", "run_config"),
+    # user-level DP on the shared part (pfedest.privacy); the Flower app refuses it (flower/model_file.py)
+    Setting("privacy", None, [None, DifferentialPrivacy], "training", "unsupported"),
     # the Flower app runs no callbacks: an EarlyStopping or a Checkpoint that silently does nothing
     # there deserves a warning
     Setting("callbacks", None, [None, list, tuple], "session", "unsupported"),
@@ -199,7 +202,7 @@ def by_role(role: str) -> tuple[str, ...]:
     >>> by_role("plan")
     ('n_rounds', 'pretrain_rounds', 'finetune_epochs')
     >>> by_role("flower:unsupported")[-3:]
-    ('pretrain_rounds', 'finetune_epochs', 'callbacks')
+    ('finetune_epochs', 'privacy', 'callbacks')
     """
     if role.startswith("flower:"):
         kind = role.split(":", 1)[1]

@@ -28,6 +28,7 @@ from .core.server import make_server_optimizer
 from .core.stopping import Plateau
 from .fit_state import ClientData, FitState
 from .nn.splits import make_split
+from .privacy import PrivateTraining
 
 
 def run_plan(est, fit: FitState, plan: list, data: ClientData, callbacks, valid: ClientData = None,
@@ -179,6 +180,11 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
     else:  # "finetune", "personalize": every client trains its personal part alone
         algorithm, sampled_per_round = ALGORITHMS["personal_only"], len(present)
     aggregate = stage in ("pretrain", "train")
+    # DP-FedAvg on what is sent (pfedest.privacy): its own sampling, a clipped and noised sum, an accountant
+    private = None
+    if aggregate and est.privacy is not None:
+        planned = sum(n - done for (name, n), done in zip(fit.plan, fit.progress) if name in ("pretrain", "train"))
+        private = PrivateTraining(est.privacy, len(present), sampled_per_round, planned, est.history_)
     steps = algorithm.steps(est.personal_steps, est.shared_steps)
     schedule = make_schedule(est.lr_schedule) if aggregate else (lambda r, n: 1.0)
 
@@ -205,14 +211,16 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
         lr = StepSizes(shared=est.lr * factor, personal=(est.personal_lr or est.lr) * factor)
         # Every draw is keyed by (seed, round[, client]), as a Flower node draws it (pfedest.flower).
         round_number = len(est.history_) + 1
-        sampled = sample_clients(np.random.default_rng([fit.seed, round_number]), present, sampled_per_round)
+        rng = np.random.default_rng([fit.seed, round_number])
+        sampled = sample_clients(rng, present, sampled_per_round) if private is None else private.sample(rng, present)
+        average = None if private is None else private.aggregator(shared_in(), fit.seed, round_number)
         before = {k: v[sampled].clone() for k, v in personal_state.items()}  # to undo a round that diverged
         shared, result = run_round(
             algorithm=algorithm, engine=engine, shared=shared_in(), personal_state=personal_state,
             counts=data.counts, offsets=data.offsets, sampled=sampled, rng=RoundKeys(fit.seed, round_number),
             batch_size=est.batch_size, steps=steps, lr=lr, chunk_size=chunk_size, device=est.device_,
-            aggregate=aggregate, server_optimizer=server, weights=weights)
-        loss = result.loss_sum / max(result.row_count, 1.0)
+            aggregate=aggregate, server_optimizer=server, weights=weights, average=average)
+        loss = result.loss_sum / max(result.row_count, 1.0)  # 0 when Poisson sampling sampled nobody
         problem = _divergence(est, result, loss, reference, shared, {k: v[sampled] for k, v in personal_state.items()},
                               lr, criterion)
         if problem:
@@ -230,18 +238,19 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
                 personal_state[k][sampled] = v
             raise FloatingPointError(f"Training diverged in round {round_number} ({stage}): {problem} The model is "
                                      f"kept as it was after round {round_number - 1}.")
-        if reference is None:
+        if reference is None and result.row_count:
             reference = loss
         est.shared_params_ = merge(shared) if merge else shared
         return {
             "round": round_number,
             "stage": stage,
-            "train_loss": result.loss_sum / max(result.row_count, 1.0),
+            "train_loss": result.loss_sum / result.row_count if result.row_count else math.nan,
             "n_clients": len(sampled),
             "clients": est.clients_[sampled].tolist(),
             "bytes_up": result.bytes_up,
             "wall_time": time.perf_counter() - tic,
             "lr": lr.shared,
+            **({} if private is None else private.account(average)),
         }
 
     return run_one

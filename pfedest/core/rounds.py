@@ -109,8 +109,8 @@ def draw_batches(algorithm: Algorithm, rng, counts: np.ndarray, batch_size: int,
 
 def client_updates(algorithm: Algorithm, engine, shared: Params, personal_state: Params, sampled: np.ndarray,
                    batches: Mapping, offsets: np.ndarray, lr: StepSizes, *, weights: Optional[np.ndarray] = None,
-                   chunk_size: Optional[int] = None,
-                   device: torch.device = torch.device("cpu")) -> tuple[Optional[Params], RoundResult]:
+                   chunk_size: Optional[int] = None, device: torch.device = torch.device("cpu"),
+                   average=None) -> tuple[Optional[Params], RoundResult]:
     """Run the local update of every ``sampled`` client; return the weighted mean of their shared parameters.
 
     Parameters
@@ -138,6 +138,10 @@ def client_updates(algorithm: Algorithm, engine, shared: Params, personal_state:
         Clients per engine call (``None``: all at once).
     device : torch.device, default=cpu
         Where the tensors live.
+    average : WeightedAverage or PrivateSum, optional
+        What combines the clients' shared parameters (``add`` chunks, then ``mean``); default a
+        fresh :class:`~pfedest.core.server.WeightedAverage`. A
+        :class:`~pfedest.core.privacy.PrivateSum` clips and noises them (DP-FedAvg).
 
     Returns
     -------
@@ -147,10 +151,10 @@ def client_updates(algorithm: Algorithm, engine, shared: Params, personal_state:
         Loss totals and bytes sent. If a client's loss is not finite, ``personal_state`` is left as
         it was, ``mean`` is ``None`` and ``result.finite`` is false.
     """
-    average = WeightedAverage()
+    average = WeightedAverage() if average is None else average
     loss_sum = row_count = 0.0
     written = []  # (rows, personal before the round) of chunks already written back
-    chunk_size = chunk_size or len(sampled)
+    chunk_size = chunk_size or max(len(sampled), 1)  # Poisson sampling (privacy) can sample no client
     for start in range(0, len(sampled), chunk_size):
         chunk = slice(start, start + chunk_size)
         clients = sampled[chunk]
@@ -195,7 +199,7 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
               steps: Mapping[str, Optional[int]], lr: StepSizes, server_lr: float = 1.0,
               chunk_size: Optional[int] = None, device: torch.device = torch.device("cpu"), aggregate: bool = True,
               server_optimizer: Optional[ServerOptimizer] = None,
-              weights: Optional[np.ndarray] = None) -> tuple[Params, RoundResult]:
+              weights: Optional[np.ndarray] = None, average=None) -> tuple[Params, RoundResult]:
     """Train the ``sampled`` clients for one round and return the new shared parameters.
 
     :func:`draw_batches`, :func:`client_updates` and :func:`server_update` in a row. With
@@ -222,6 +226,8 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
         Applied to the averaged shared parameters.
     weights : ndarray of float, optional
         Each client's weight in the average, indexed like ``counts``; ``None`` uses ``counts``.
+    average : PrivateSum, optional
+        Combines the clients' shared parameters instead of the weighted mean (:func:`client_updates`).
 
     Returns
     -------
@@ -244,12 +250,13 @@ def run_round(*, algorithm: Algorithm, engine, shared: Params, personal_state: P
     >>> personal["b"].tolist(), new_shared["w"].tolist(), result.row_count
     ([1.0, 1.0], [0.5], 12.0)
     """
-    batches = draw_batches(algorithm, rng, np.asarray(counts)[sampled], batch_size, steps, keys=sampled, device=device)
+    batches = draw_batches(algorithm, rng, np.asarray(counts)[sampled], batch_size, steps, keys=sampled,
+                           device=device) if len(sampled) else {}
     weight = None
     if aggregate:
         weight = np.asarray(counts if weights is None else weights)[sampled]
     mean, result = client_updates(algorithm, engine, shared, personal_state, sampled, batches, offsets, lr,
-                                  weights=weight, chunk_size=chunk_size, device=device)
+                                  weights=weight, chunk_size=chunk_size, device=device, average=average)
     if mean is None:
         return dict(shared), result
     return server_update(server_optimizer or ServerOptimizer("sgd", lr=server_lr), shared, mean), result

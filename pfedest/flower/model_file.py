@@ -261,6 +261,12 @@ def write_model(estimator, path, *, classes=None, n_features=None) -> Path:
     except NotFittedError:
         fitted = False
     params = estimator.get_params(deep=False)
+    if params.get("privacy") is not None:
+        # A run without the noise would be silently non-private: refuse rather than warn.
+        raise ValueError("The Flower app does not run differential privacy (privacy="
+                         f"{params['privacy']!r}): its nodes neither clip their shared update nor does its strategy "
+                         "add noise or account for epsilon. Export the estimator with privacy=None, or train it "
+                         "privately in the simulator (fit).")
     defaults = _defaults(type(estimator))
     ignored = sorted(k for k, v in params.items()
                      if k not in CARRIED + SILENTLY_IGNORED and not _same(v, defaults.get(k)))
