@@ -316,6 +316,14 @@ class PrivateTraining:
             if not self.infinite:
                 self._accountant.compose(event)
 
+    def divergence_hint(self) -> str:
+        """What to change when a private fit diverges: the noise it adds is usually the cause."""
+        spread = self.noise_multiplier * self.clip / max(self.expected, 1)
+        return (f" With privacy on, the server adds noise of standard deviation {spread:.3g} to every shared "
+                f"parameter's mean each round (noise multiplier {self.noise_multiplier:.3g} x clip {self.clip:g} / "
+                f"{self.expected} clients expected a round): sample more clients a round (clients_per_round, "
+                "among more clients), allow a larger target_epsilon or fewer n_rounds, or lower lr.")
+
     def _event(self, z: float):
         return round_event(self.config.sampling, self.population, self.expected, z, self.count_stddev)
 

@@ -56,7 +56,8 @@ class PartialPersonalizedRegressor(RegressorMixin, PersonalizedEstimator):
                  compile="auto", device="auto", precision="fp32", unseen_clients="error", pretrain_rounds=0,
                  finetune_epochs=0,
                  server_optimizer="sgd", server_momentum=0.0, weighting="samples", lr_schedule="constant",
-                 clip_grad_norm=None, personal_l2=0.0, personal_l2_target="zero", callbacks=None, warm_start=False,
+                 clip_grad_norm=None, personal_l2=0.0, personal_l2_target="zero", privacy=None,
+                 callbacks=None, warm_start=False,
                  verbose=0, random_state=None, loss="squared_error", epsilon=1.35,
                  normalize_y=True):
         # every parameter but the regressor's own goes to the base, by name (the registry holds them)

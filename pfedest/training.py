@@ -226,8 +226,9 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
         if problem:
             for k, v in before.items():
                 personal_state[k][sampled] = v
+            hint = "" if private is None else private.divergence_hint()
             raise FloatingPointError(f"Training diverged in round {round_number} ({stage}): {problem} The model is "
-                                     f"kept as it was after round {round_number - 1}.")
+                                     f"kept as it was after round {round_number - 1}.{hint}")
         probe_loss = 0.0 if problem or probe is None else _probe_loss(est, shared, probe, criterion)
         if not math.isfinite(probe_loss) or probe_loss > _limit(criterion, reference):
             problem = (f"the model's loss on its training rows became {probe_loss:.4g} after the round although every "
@@ -236,8 +237,9 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
         if problem:
             for k, v in before.items():
                 personal_state[k][sampled] = v
+            hint = "" if private is None else private.divergence_hint()
             raise FloatingPointError(f"Training diverged in round {round_number} ({stage}): {problem} The model is "
-                                     f"kept as it was after round {round_number - 1}.")
+                                     f"kept as it was after round {round_number - 1}.{hint}")
         if reference is None and result.row_count:
             reference = loss
         est.shared_params_ = merge(shared) if merge else shared

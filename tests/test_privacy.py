@@ -275,3 +275,17 @@ def test_pretraining_rounds_are_private_and_counted(federated):
     assert [r["stage"] for r in private] == ["pretrain", "pretrain", "train", "train"]
     assert private[-1]["epsilon"] <= 4.0 + 1e-6
     assert "epsilon" not in est.history_[-1] and est.history_[-1]["stage"] == "finetune"  # nothing is sent
+
+
+def test_a_private_fit_that_diverges_names_the_noise_as_the_likely_cause():
+    # a stranger's first private fit: the defaults (10 clients a round, 300 rounds planned) with a
+    # target epsilon on digits dealt to 100 clients: the noise on the mean is ~0.28 a coordinate
+    from sklearn.datasets import load_digits
+
+    from pfedest.datasets import federate
+
+    X, y = load_digits(return_X_y=True)
+    X, y, c = federate(X, y, n_clients=100, random_state=0)
+    est = PartialPersonalizedClassifier(privacy=DifferentialPrivacy(target_epsilon=3.0), random_state=0)
+    with pytest.raises(FloatingPointError, match=r"server adds noise of standard deviation 0\.\d+ .*clients_per_round"):
+        est.fit(X, y, c)
