@@ -68,6 +68,12 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         Standard errors of the mean per-row difference of the held-out losses (fallback minus
         personal) by which a client's personal model must beat the fallback to be kept; 0 keeps it
         on any positive difference.
+    guard_refit : int >= 0, default=1
+        With ``guard``: once every client has decided, epochs of a personal-only pass (the shared
+        part frozen) over all of each client's rows, its held-out rows given back, as scikit-learn
+        refits on all the data after a search. The decisions and the fallback stay as the held-out
+        rows made them. 0: no pass (the personal parts never see the held-out rows). A Flower node
+        does not run it.
     clients_per_round : int or float, default=10
         Clients sampled each round (at most all of them); a float in (0, 1] is a fraction of them.
     personal_steps, shared_steps : int or None, default=None

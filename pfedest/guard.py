@@ -27,9 +27,11 @@ import torch
 from .checkpoint import CheckpointError
 from .core.guard import EVIDENCE_FIELDS, decide, holdout_mask
 from .core.model import personalized_logits
+from .training import stage_runner
 
 __all__ = ["GUARD_ATTRIBUTES", "check_guard", "decide_clients",
-           "guarded_personal", "unseen_part", "extend_guard", "forget_guard", "guard_state", "load_guard_state", "holds_out", "guard_holdout"]
+           "guarded_personal", "unseen_part", "extend_guard", "forget_guard", "guard_state", "load_guard_state", "holds_out", "guard_holdout",
+           "refit_personal"]
 
 #: The fitted attributes the guard sets.
 GUARD_ATTRIBUTES = ("fallback_params_", "guard_weights_", "guard_evidence_")
@@ -120,6 +122,25 @@ def decide_clients(est, valid, clients, refresh_fallback: bool = True) -> None:
     est.guard_weights_[clients] = weights[clients]
     for name, values in evidence.as_dict().items():
         est.guard_evidence_[name][clients] = values[clients]
+
+
+def refit_personal(est, data, criterion) -> None:
+    """Give the held-out rows back: ``est.guard_refit`` epochs of personal-only training (the shared part
+    frozen) over all the rows ``data`` of this call's clients, training and held-out, after the decision.
+
+    As scikit-learn refits the chosen model on all the data after a search: the decisions
+    (``guard_weights_``) and the fallback stay as the held-out rows made them; the personal parts
+    the clients keep learn from every row. Each epoch is a round in ``history_`` (stage
+    ``"guard_refit"``), its draws keyed by its round number as any round's.
+    """
+    if not est.guard_refit:
+        return
+    run_one = stage_runner(est, est._fit, "guard_refit", data, criterion)
+    try:
+        for epoch in range(est.guard_refit):
+            est.history_.append(run_one(epoch, est.guard_refit))
+    finally:
+        est._fit.servers.pop("guard_refit", None)  # a personal-only stage has no server step to keep
 
 
 def extend_guard(est, n_new: int) -> None:

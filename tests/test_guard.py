@@ -131,17 +131,35 @@ def held_out(est, X, y, c):
     return mask
 
 
-def test_the_guarded_model_is_the_plain_one_trained_on_the_rows_not_held_out(guarded, permuted):
-    # the guarded model is the unguarded one trained on the rows the guard did not hold out
+def test_the_guarded_model_is_the_plain_one_trained_on_the_rows_not_held_out_then_refit_on_all(guarded, permuted):
+    # the guarded model is the unguarded one trained on the rows the guard did not hold out, then given
+    # every row back: guard_refit epochs of personal-only training (personalize) over all of them
     X, y, c = permuted
     mask = held_out(guarded, X, y, c)
     assert 0 < (~mask).sum() < len(X) / 2
     plain = PartialPersonalizedClassifier(**COMMON).fit(X[mask], y[mask], client_ids=c[mask])
+    assert not hasattr(plain, "guard_weights_") and not hasattr(plain, "fallback_params_")
+    unrefit = PartialPersonalizedClassifier(guard="validation", guard_refit=0, **COMMON).fit(X, y, client_ids=c)
     for k, v in plain.shared_params_.items():
         torch.testing.assert_close(guarded.shared_params_[k], v)
+        torch.testing.assert_close(unrefit.shared_params_[k], v)
+    for k, v in plain.personal_params_.items():  # without the refit: the plain model as it is
+        torch.testing.assert_close(unrefit.personal_params_[k], v)
+    only_train_rows = pickle.loads(pickle.dumps(plain)).personalize(X[mask], y[mask], c[mask], epochs=1)
+    plain.personalize(X, y, c, epochs=guarded.guard_refit)
+    assert guarded.guard_refit == 1
     for k, v in plain.personal_params_.items():
         torch.testing.assert_close(guarded.personal_params_[k], v)
-    assert not hasattr(plain, "guard_weights_") and not hasattr(plain, "fallback_params_")
+        # the held-out rows changed every client's personal part: the refit trained on them
+        differs = (guarded.personal_params_[k] - only_train_rows.personal_params_[k]).flatten(1).abs().amax(1)
+        assert torch.all(differs > 1e-6), differs
+    assert [r["stage"] for r in guarded.history_][-1:] == ["guard_refit"]
+    # the refit changes no decision: the weights, evidence and fallback are those the held-out rows made
+    assert np.array_equal(guarded.guard_weights_, unrefit.guard_weights_)
+    for k, v in unrefit.guard_evidence_.items():
+        np.testing.assert_array_equal(guarded.guard_evidence_[k], v)
+    for k, v in unrefit.fallback_params_.items():
+        torch.testing.assert_close(guarded.fallback_params_[k], v)
 
 
 def test_loop_and_vmap_engines_agree(permuted):
@@ -200,10 +218,14 @@ def test_a_state_for_other_clients_is_refused_before_anything_changes(guarded, p
 
 def test_warm_start_takes_the_fallback_anew_and_decides_again(permuted):
     X, y, c = permuted
-    est = PartialPersonalizedClassifier(guard="validation", warm_start=True, **COMMON).fit(X, y, client_ids=c)
+    # without the refit pass (a warm start continues from the refit personal parts: guard_refit >= 1
+    # makes two fits differ from one, and the second decision has seen its held-out rows trained on)
+    est = PartialPersonalizedClassifier(guard="validation", guard_refit=0, warm_start=True, **COMMON)
+    est.fit(X, y, client_ids=c)
     first = {k: v.clone() for k, v in est.fallback_params_.items()}
     est.fit(X, y, client_ids=c)
-    once = PartialPersonalizedClassifier(guard="validation", **{**COMMON, "n_rounds": 24}).fit(X, y, client_ids=c)
+    once = PartialPersonalizedClassifier(guard="validation", guard_refit=0, **{**COMMON, "n_rounds": 24})
+    once.fit(X, y, client_ids=c)
     for k, v in once.fallback_params_.items():  # two fits of 12 rounds are one of 24, fallback included
         torch.testing.assert_close(est.fallback_params_[k], v)
         assert not torch.equal(est.fallback_params_[k], first[k])
