@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import time
 import warnings
 
@@ -75,8 +76,11 @@ def per_client(values, rows, n):
     return np.bincount(rows, weights=values, minlength=n) / np.maximum(np.bincount(rows, minlength=n), 1)
 
 
-def guard_variants(est, X_tr, y_tr, c_tr, X_te, y_te, c_te):
-    """Test accuracy per client of the personal model and of each fallback, and the held-out evidence."""
+def guard_variants(est, X_tr, y_tr, c_tr, X_te, y_te, c_te, decided=None):
+    """Test accuracy per client of the personal model and of each fallback of ``est``, and the held-out
+    evidence of ``decided`` (the fit whose personal parts made the decision: without the refit pass,
+    whose personal parts have seen the held-out rows; ``est`` itself by default)."""
+    decided = est if decided is None else decided
     n = len(est.clients_)
     index = {c: i for i, c in enumerate(est.clients_.tolist())}
     rows_tr = np.array([index[c] for c in c_tr.tolist()])
@@ -93,7 +97,8 @@ def guard_variants(est, X_tr, y_tr, c_tr, X_te, y_te, c_te):
     for name, block in blocks.items():
         logits = outputs(est, X_te, rows_te, block)
         test[name] = per_client((logits.argmax(1) == y_te_codes).double().numpy(), rows_te, n)
-        logits = outputs(est, valid.X, valid_rows, block)
+        held = decided.personal_params_ if name == "personal" else block  # the fallback is both fits'
+        logits = outputs(decided, valid.X, valid_rows, held)
         losses[name] = {"fitted": est._row_losses(logits, valid.y).double().numpy(),  # the library's
                         "01": (logits.argmax(1) != valid.y).double().numpy(),
                         "ce": F.cross_entropy(logits.double(), valid.y, reduction="none").numpy()}
@@ -108,7 +113,8 @@ def one_seed(dataset, seed, args):
     specs = {"FedAvg": dict(split="none", random_state=seed),
              "FedAvg'": dict(split="none", random_state=seed + 1000),
              "FedAlt": dict(split="head", random_state=seed),
-             "FedAlt+guard": dict(split="head", guard="validation", random_state=seed)}
+             "FedAlt+guard": dict(split="head", guard="validation", random_state=seed),
+             "FedAlt+guard, no refit": dict(split="head", guard="validation", guard_refit=0, random_state=seed)}
     acc, fits, seconds = {}, {}, {}
     for name, params in specs.items():
         tic = time.perf_counter()
@@ -116,8 +122,29 @@ def one_seed(dataset, seed, args):
         seconds[name] = time.perf_counter() - tic
         _, _, acc[name] = client_accuracies(est, X_te, y_te, c_te)
         fits[name] = est
-    guarded = fits["FedAlt+guard"]
-    test, losses, valid_rows, n = guard_variants(guarded, X_tr, y_tr, c_tr, X_te, y_te, c_te)
+    guarded, unrefit = fits["FedAlt+guard"], fits["FedAlt+guard, no refit"]
+    assert np.array_equal(guarded.guard_weights_, unrefit.guard_weights_), "the refit changed a decision"
+    refits = {}
+    # the refit pass with more epochs: personalize on the unrefit fit is guard_refit=k (tests/test_guard.py);
+    # k=1 is checked against the library's own fit
+    for k in args.refit_epochs:
+        est = pickle.loads(pickle.dumps(unrefit)).set_params(guard=None)  # keeps the decisions, holds nothing out
+        est.personalize(X_tr, y_tr, c_tr, epochs=k)
+        refits[f"guard, refit {k} epoch(s)"] = client_accuracies(est, X_te, y_te, c_te)[2]
+        if k == guarded.guard_refit:
+            assert np.allclose(refits[f"guard, refit {k} epoch(s)"], acc["FedAlt+guard"]), "refit differs"
+        # the fallback taken anew from the refit personal parts
+        est.fallback_params_ = {k2: v.mean(0).clone() for k2, v in est.personal_params_.items()}
+        refits[f"guard, refit {k}, fallback anew"] = client_accuracies(est, X_te, y_te, c_te)[2]
+    # control: the same pass on the unguarded fit (what one more epoch gives without new rows)
+    est = pickle.loads(pickle.dumps(fits["FedAlt"])).personalize(X_tr, y_tr, c_tr, epochs=guarded.guard_refit)
+    refits["FedAlt + the same pass (control)"] = client_accuracies(est, X_te, y_te, c_te)[2]
+    # the full refit, as scikit-learn's: the unguarded fit (the same seed, every row) with the decisions
+    est = pickle.loads(pickle.dumps(fits["FedAlt"]))
+    est.guard_weights_ = guarded.guard_weights_.copy()
+    est.fallback_params_ = {k: v.mean(0).clone() for k, v in est.personal_params_.items()}
+    refits["guard, full refit (FedAlt, decisions)"] = client_accuracies(est, X_te, y_te, c_te)[2]
+    test, losses, valid_rows, n = guard_variants(guarded, X_tr, y_tr, c_tr, X_te, y_te, c_te, decided=unrefit)
     # the library's own decision must be the variant it implements
     weights, _ = decide(losses["personal"]["fitted"], losses["fallback"]["fitted"], valid_rows, n, guarded.guard_margin)
     assert np.array_equal(weights, guarded.guard_weights_), "recomputed decision differs from the fit's"
@@ -130,7 +157,7 @@ def one_seed(dataset, seed, args):
     return {"dataset": dataset, "seed": seed, "seconds": seconds,
             "accuracy": {k: v.tolist() for k, v in acc.items()},
             "guard_personal": test["personal"].tolist(), "fallback": test["fallback"].tolist(),
-            "variants": variants}
+            "variants": variants, "refits": {k: v.tolist() for k, v in refits.items()}}
 
 
 def hurt(acc, ref):
@@ -150,7 +177,9 @@ def table(results, dataset, keys):
             ("FedAlt (no guard)", lambda r: r["accuracy"]["FedAlt"], None),
             ("FedAlt+guard, personal only", lambda r: r["guard_personal"], None),
             ("FedAlt+guard, fallback only", lambda r: r["fallback"], None),
-            ("FedAlt+guard (as fitted)", lambda r: r["accuracy"]["FedAlt+guard"], None)]
+            ("FedAlt+guard (as fitted)", lambda r: r["accuracy"]["FedAlt+guard"], None),
+            ("FedAlt+guard, no refit", lambda r: r["accuracy"]["FedAlt+guard, no refit"], None)]
+    rows += [(f"  {k}", (lambda k: lambda r: r["refits"][k])(k), None) for k in runs[0].get("refits", {})]
     rows += [(f"  guard {k}", (lambda k: lambda r: r["variants"][k]["accuracy"])(k),
               (lambda k: lambda r: r["variants"][k]["kept"])(k)) for k in keys]
     base = column(lambda r: np.mean(r["accuracy"]["FedAvg"]))
@@ -173,6 +202,8 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+    parser.add_argument("--refit-epochs", type=int, nargs="+", default=[1, 3, 10],
+                        help="epochs of the refit pass to compare (recomputed from the unrefit fit)")
     parser.add_argument("--out", default=None, help="write the per-seed results as JSON here")
     parser.add_argument("--table", default=None, help="only print the table of a JSON written by --out")
     args = parser.parse_args(argv)
