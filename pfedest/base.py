@@ -28,8 +28,7 @@ from .core.model import personalized_logits
 from .core.server import ServerOptimizer, make_server_optimizer
 from .fit_state import ClientData, FitState, estimator_state, load_estimator_state, seeds
 from .guard import (check_guard, decide_clients, extend_guard, forget_guard, guard_holdout, guard_state, guarded_personal,
-                    holds_out, load_guard_state, refit, refit_start,
-                    unseen_part)
+                    holds_out, load_guard_state, refit, refit_start, unseen_part)
 from .history import History
 from .nn.modules import build_module
 from .nn.splits import make_split

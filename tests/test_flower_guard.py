@@ -83,6 +83,11 @@ def test_handlers_send_the_fallback_and_keep_the_decision_on_the_node(tmp_path):
     est = small_estimator(guard="validation", validation_fraction=0.25)
     with pytest.warns(UserWarning, match="guard_refit=True"):  # a node does not give its held-out rows back
         app = export_app(est, tmp_path / "app", classes=np.unique(y), n_features=5)
+    with warnings.catch_warnings():  # what a node does: nothing to warn about
+        warnings.simplefilter("error")
+        export_app(small_estimator(guard="validation", guard_refit=False), tmp_path / "app2",
+                   classes=np.unique(y), n_features=5)
+        export_app(small_estimator(), tmp_path / "app3", classes=np.unique(y), n_features=5)
     app_dir = app / "pfedest_app"
     spec = read_model(app_dir / "model.json")
     np.savez(tmp_path / "node1.npz", X=X[c == 1], y=y[c == 1])
