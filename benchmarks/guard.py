@@ -6,13 +6,17 @@ models are fitted on the rest with the same budget (``--rounds`` rounds, ``tol=N
 - ``FedAvg`` (``split="none"``) and ``FedAvg'`` (the same with another seed: the noise floor; a
   client is "worse" under FedAvg' than under FedAvg only by the chance of training);
 - ``FedAlt`` (``split="head"``, no guard);
-- ``FedAlt + guard`` (``guard="validation"``).
+- ``FedAlt + guard`` (``guard="validation"``, which refits on every row once it has decided) and
+  ``FedAlt + guard, no refit`` (``guard_refit=False``: the held-out rows never train).
 
-A client is *hurt* when its test accuracy is below FedAvg's (*hurt by > 10 pts*: more than 0.1 below). From the guarded fit, the variants of
-the guard are recomputed without refitting (its held-out rows are dealt again as the fit dealt them):
+A client is *hurt* when its test accuracy is below FedAvg's (*hurt by > 10 pts*: more than 0.1 below).
+The variants of the guard are recomputed, without fitting again, from the fit without the refit (its
+held-out rows are dealt again as the fit dealt them; the refit's decisions are checked to be its):
 the per-row loss it compares (``01``: the 0/1 error, ``ce``: the cross-entropy, the classifier's)
-and the margin (``--margins``, in standard errors); the fit's own decision (``ce`` at its
-``guard_margin``) is checked to be the recomputed one. The fallback is the average of the
+and the margin (``--margins``, in standard errors), scored with the refit model; the fit's own
+decision (``ce`` at its ``guard_margin``) is checked to be the recomputed one. The refit is checked
+to be ``FedAlt`` with the guard's decisions (same seed, every row); a personal-only pass over every
+row after the unrefit fit is measured against it. The fallback is the average of the
 clients' personal parts (commit e02b99f of this benchmark also measured a global copy of the
 personal block trained alongside FedAvg-style: ``docs/guide/guard.rst`` says why it was dropped).
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import time
 import warnings
 
@@ -75,8 +80,11 @@ def per_client(values, rows, n):
     return np.bincount(rows, weights=values, minlength=n) / np.maximum(np.bincount(rows, minlength=n), 1)
 
 
-def guard_variants(est, X_tr, y_tr, c_tr, X_te, y_te, c_te):
-    """Test accuracy per client of the personal model and of each fallback, and the held-out evidence."""
+def guard_variants(est, X_tr, y_tr, c_tr, X_te, y_te, c_te, decided=None):
+    """Test accuracy per client of the personal model and of each fallback of ``est``, and the held-out
+    evidence of ``decided`` (the fit whose personal parts made the decision: without the refit pass,
+    whose personal parts have seen the held-out rows; ``est`` itself by default)."""
+    decided = est if decided is None else decided
     n = len(est.clients_)
     index = {c: i for i, c in enumerate(est.clients_.tolist())}
     rows_tr = np.array([index[c] for c in c_tr.tolist()])
@@ -85,15 +93,18 @@ def guard_variants(est, X_tr, y_tr, c_tr, X_te, y_te, c_te):
     # the rows the fit held out: the same deal (keyed by the fit's seed and each client's index)
     _, valid = guard_holdout(data, est.validation_fraction, est._fit.seed)
     valid_rows = valid.row_clients()
-    blocks = {"personal": est.personal_params_,
-              "fallback": {k: v[None].expand_as(est.personal_params_[k]) for k, v in est.fallback_params_.items()}}
+    def blocks_of(fit):
+        return {"personal": fit.personal_params_,
+                "fallback": {k: v[None].expand_as(fit.personal_params_[k]) for k, v in fit.fallback_params_.items()}}
+
+    blocks, decided_blocks = blocks_of(est), blocks_of(decided)
     rows_te = np.array([index[c] for c in c_te.tolist()])
     y_te_codes = torch.as_tensor(np.searchsorted(est.classes_, y_te))
     test, losses = {}, {}
     for name, block in blocks.items():
         logits = outputs(est, X_te, rows_te, block)
         test[name] = per_client((logits.argmax(1) == y_te_codes).double().numpy(), rows_te, n)
-        logits = outputs(est, valid.X, valid_rows, block)
+        logits = outputs(decided, valid.X, valid_rows, decided_blocks[name])
         losses[name] = {"fitted": est._row_losses(logits, valid.y).double().numpy(),  # the library's
                         "01": (logits.argmax(1) != valid.y).double().numpy(),
                         "ce": F.cross_entropy(logits.double(), valid.y, reduction="none").numpy()}
@@ -108,7 +119,8 @@ def one_seed(dataset, seed, args):
     specs = {"FedAvg": dict(split="none", random_state=seed),
              "FedAvg'": dict(split="none", random_state=seed + 1000),
              "FedAlt": dict(split="head", random_state=seed),
-             "FedAlt+guard": dict(split="head", guard="validation", random_state=seed)}
+             "FedAlt+guard": dict(split="head", guard="validation", random_state=seed),
+             "FedAlt+guard, no refit": dict(split="head", guard="validation", guard_refit=False, random_state=seed)}
     acc, fits, seconds = {}, {}, {}
     for name, params in specs.items():
         tic = time.perf_counter()
@@ -116,8 +128,22 @@ def one_seed(dataset, seed, args):
         seconds[name] = time.perf_counter() - tic
         _, _, acc[name] = client_accuracies(est, X_te, y_te, c_te)
         fits[name] = est
-    guarded = fits["FedAlt+guard"]
-    test, losses, valid_rows, n = guard_variants(guarded, X_tr, y_tr, c_tr, X_te, y_te, c_te)
+    guarded, unrefit = fits["FedAlt+guard"], fits["FedAlt+guard, no refit"]
+    assert np.array_equal(guarded.guard_weights_, unrefit.guard_weights_), "the refit changed a decision"
+    refits = {}
+    # the full refit, as scikit-learn's, is the unguarded fit (the same seed, every row) with the decisions
+    # and the fallback taken from its personal parts: checked against the library's fit
+    est = pickle.loads(pickle.dumps(fits["FedAlt"]))
+    est.guard_weights_ = guarded.guard_weights_.copy()
+    est.fallback_params_ = {k: v.mean(0).clone() for k, v in est.personal_params_.items()}
+    assert np.allclose(client_accuracies(est, X_te, y_te, c_te)[2], acc["FedAlt+guard"]), "the refit differs"
+    # the alternative measured against it: a personal-only pass over every row (held-out ones given back,
+    # the shared part frozen) after the unrefit fit, at the training lr and at a tenth of it
+    for epochs, lr in ((1, None), (5, 0.03)):
+        est = pickle.loads(pickle.dumps(unrefit)).set_params(guard=None, personal_lr=lr)  # keeps the decisions
+        est.personalize(X_tr, y_tr, c_tr, epochs=epochs)
+        refits[f"guard, personal pass {epochs} ep, lr {lr or unrefit.lr:g}"] = client_accuracies(est, X_te, y_te, c_te)[2]
+    test, losses, valid_rows, n = guard_variants(guarded, X_tr, y_tr, c_tr, X_te, y_te, c_te, decided=unrefit)
     # the library's own decision must be the variant it implements
     weights, _ = decide(losses["personal"]["fitted"], losses["fallback"]["fitted"], valid_rows, n, guarded.guard_margin)
     assert np.array_equal(weights, guarded.guard_weights_), "recomputed decision differs from the fit's"
@@ -130,7 +156,7 @@ def one_seed(dataset, seed, args):
     return {"dataset": dataset, "seed": seed, "seconds": seconds,
             "accuracy": {k: v.tolist() for k, v in acc.items()},
             "guard_personal": test["personal"].tolist(), "fallback": test["fallback"].tolist(),
-            "variants": variants}
+            "variants": variants, "refits": {k: v.tolist() for k, v in refits.items()}}
 
 
 def hurt(acc, ref):
@@ -150,7 +176,9 @@ def table(results, dataset, keys):
             ("FedAlt (no guard)", lambda r: r["accuracy"]["FedAlt"], None),
             ("FedAlt+guard, personal only", lambda r: r["guard_personal"], None),
             ("FedAlt+guard, fallback only", lambda r: r["fallback"], None),
-            ("FedAlt+guard (as fitted)", lambda r: r["accuracy"]["FedAlt+guard"], None)]
+            ("FedAlt+guard (as fitted)", lambda r: r["accuracy"]["FedAlt+guard"], None),
+            ("FedAlt+guard, no refit", lambda r: r["accuracy"]["FedAlt+guard, no refit"], None)]
+    rows += [(f"  {k}", (lambda k: lambda r: r["refits"][k])(k), None) for k in runs[0].get("refits", {})]
     rows += [(f"  guard {k}", (lambda k: lambda r: r["variants"][k]["accuracy"])(k),
               (lambda k: lambda r: r["variants"][k]["kept"])(k)) for k in keys]
     base = column(lambda r: np.mean(r["accuracy"]["FedAvg"]))

@@ -28,7 +28,7 @@ from .core.model import personalized_logits
 from .core.server import ServerOptimizer, make_server_optimizer
 from .fit_state import ClientData, FitState, estimator_state, load_estimator_state, seeds
 from .guard import (check_guard, decide_clients, extend_guard, forget_guard, guard_holdout, guard_state, guarded_personal,
-                    holds_out, load_guard_state, unseen_part)
+                    holds_out, load_guard_state, refit, refit_start, unseen_part)
 from .history import History
 from .nn.modules import build_module
 from .nn.splits import make_split
@@ -50,7 +50,8 @@ class PersonalizedEstimator(BaseEstimator):
     _y_checks: dict = {}
 
     def __init__(self, module=None, *, split="head", algorithm="fedalt", n_rounds=300, tol=1e-4, n_iter_no_change=10,
-                 early_stopping=False, validation_fraction=0.1, guard=None, guard_margin=0.5, clients_per_round=10,
+                 early_stopping=False, validation_fraction=0.1, guard=None, guard_margin=0.5, guard_refit=True,
+                 clients_per_round=10,
                  personal_steps=None, shared_steps=None, lr=0.3, personal_lr=None, batch_size=32,
                  server_lr=1.0, hidden_layer_sizes=(64, 64), engine="auto", max_clients_per_batch=None,
                  compile="auto", device="auto", precision="fp32", unseen_clients="error", pretrain_rounds=0,
@@ -68,6 +69,7 @@ class PersonalizedEstimator(BaseEstimator):
         self.validation_fraction = validation_fraction
         self.guard = guard
         self.guard_margin = guard_margin
+        self.guard_refit = guard_refit
         self.clients_per_round = clients_per_round
         self.personal_steps = personal_steps
         self.shared_steps = shared_steps
@@ -284,7 +286,8 @@ class PersonalizedEstimator(BaseEstimator):
     def _train(self, plan, X, codes, rows, callbacks) -> None:
         data = ClientData.from_rows(X, codes, rows, len(self.clients_), self.device_, dtype=_dtype(self.module_))
         stages = [stage for stage, _ in plan]
-        valid = None
+        valid, full = None, data
+        start = refit_start(self) if self.guard_refit and holds_out(self, stages) else None
         if holds_out(self, stages):
             data, valid = guard_holdout(data, self.validation_fraction, self._fit.seed)
         elif self.early_stopping and "train" in stages:
@@ -294,6 +297,8 @@ class PersonalizedEstimator(BaseEstimator):
             if holds_out(self, stages):  # each client of this call decides on its own held-out rows
                 decide_clients(self, valid, np.flatnonzero(data.counts + valid.counts),
                                refresh_fallback="train" in stages)
+                if start is not None:  # the held-out rows given back; the decisions kept
+                    refit(self, start, plan, full, self._criterion())
         finally:
             self.stop_reason_ = self._fit.stop_reason
             if "train" in stages:

@@ -68,6 +68,13 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         Standard errors of the mean per-row difference of the held-out losses (fallback minus
         personal) by which a client's personal model must beat the fallback to be kept; 0 keeps it
         on any positive difference.
+    guard_refit : bool, default=True
+        With ``guard``: once every client has decided on its held-out rows, train again on all the
+        rows, held-out ones included, as scikit-learn refits the chosen model after a search: the
+        same plan from the same start with the same draws (each stage for the rounds the guarded
+        training ran, without callbacks), keeping every client's decision; the fallback is then the
+        average of the refit personal parts. It doubles the fit's time; a Flower node does not
+        refit (it matches ``guard_refit=False``). See :doc:`/guide/guard`.
     clients_per_round : int or float, default=10
         Clients sampled each round (at most all of them); a float in (0, 1] is a fraction of them.
     personal_steps, shared_steps : int or None, default=None

@@ -12,7 +12,11 @@ personalized (Pillutla et al., 2022). With ``guard="validation"`` the estimator
    estimator's per-row loss (the classifier's: cross-entropy), and keeps the personal model only
    where it beats the fallback by ``guard_margin`` standard errors of the paired per-row
    difference (:func:`pfedest.core.guard.decide`); the other clients are answered by the
-   fallback (:func:`decide_clients`, :func:`guarded_personal`).
+   fallback (:func:`decide_clients`, :func:`guarded_personal`);
+4. with ``guard_refit`` (the default), gives the held-out rows back, as scikit-learn refits on
+   all the data after a search: the training runs again from the same start, with the same draws,
+   on every row, and the decisions are kept (:func:`refit`); the fallback is then the average of
+   the refit personal parts.
 
 Why the average rather than a global copy of the personal block trained alongside (FedAvg-style),
 and why cross-entropy rather than the 0/1 error: ``docs/guide/guard.rst`` (measured by
@@ -21,15 +25,19 @@ and why cross-entropy rather than the 0/1 error: ``docs/guide/guard.rst`` (measu
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
 from .core.guard import EVIDENCE_FIELDS, decide, holdout_mask
 from .core.model import personalized_logits
+from .training import run_plan
 
 __all__ = ["GUARD_ATTRIBUTES", "check_guard", "decide_clients",
-           "guarded_personal", "unseen_part", "extend_guard", "forget_guard", "guard_state", "load_guard_state", "holds_out", "guard_holdout"]
+           "guarded_personal", "unseen_part", "extend_guard", "forget_guard", "guard_state", "load_guard_state", "holds_out", "guard_holdout",
+           "refit_start", "refit"]
 
 #: The fitted attributes the guard sets.
 GUARD_ATTRIBUTES = ("fallback_params_", "guard_weights_", "guard_evidence_")
@@ -120,6 +128,37 @@ def decide_clients(est, valid, clients, refresh_fallback: bool = True) -> None:
     est.guard_weights_[clients] = weights[clients]
     for name, values in evidence.as_dict().items():
         est.guard_evidence_[name][clients] = values[clients]
+
+
+def refit_start(est) -> dict:
+    """What a refit (``guard_refit``) starts from: the model, history and fit state before this call trains."""
+    return {"shared": {k: v.clone() for k, v in est.shared_params_.items()},
+            "personal": {k: v.clone() for k, v in est.personal_params_.items()},
+            "history": copy.deepcopy(est.history_), "fit": copy.deepcopy(est._fit)}
+
+
+def refit(est, start: dict, plan: list, data, criterion) -> None:
+    """Train again from ``start`` on all the rows ``data``, the held-out ones given back, keeping the decisions.
+
+    As scikit-learn refits the chosen model on all the data after a search: the guarded training
+    (on the rows not held out) decided, per client, personal part or fallback; this one runs the
+    same plan again from the same state, with the same draws, each stage for the rounds the guarded
+    training ran, without callbacks and without held-out rows. The decisions (``guard_weights_``,
+    ``guard_evidence_``) stay as the held-out rows made them; after a fit the fallback is taken anew
+    (the average of the refit personal parts, which the refit shared part serves), after
+    ``personalize`` it stays. The model, its history and its fit state are the refit's.
+    """
+    decided = {name: getattr(est, name) for name in GUARD_ATTRIBUTES}
+    rounds = [[stage, done] for (stage, _), done in zip(plan, est._fit.progress)]
+    est.shared_params_ = start["shared"]
+    for k, v in start["personal"].items():
+        est.personal_params_[k] = v
+    est.history_, est._fit = start["history"], start["fit"]
+    run_plan(est, est._fit, rounds, data, [], valid=None, criterion=criterion)
+    for name, value in decided.items():
+        setattr(est, name, value)
+    if any(stage == "train" for stage, _ in plan):
+        est.fallback_params_ = {k: v.mean(0).clone() for k, v in est.personal_params_.items()}
 
 
 def extend_guard(est, n_new: int) -> None:

@@ -366,6 +366,12 @@ def check_privacy_settings(est) -> None:
     if not isinstance(config, DifferentialPrivacy):
         raise TypeError(f"privacy must be None or a pfedest.privacy.DifferentialPrivacy, got {config!r}.")
     config.check()
+    if getattr(est, "guard", None) is not None:
+        # the guard's fallback is the average of the personal parts, released unclipped and without
+        # noise, and its refit trains (and releases) a second time: the epsilon would cover neither
+        raise ValueError(f"privacy and guard={est.guard!r} cannot be combined: the guard's fallback averages the "
+                         "clients' personal parts outside the privacy accountant (and guard_refit trains a second "
+                         "time), so the reported epsilon would not cover the model. Set guard=None for a private fit.")
     if est.tol is not None or est.early_stopping:
         warnings.warn("The stopping rule reads the clients' losses (tol or early_stopping), which the privacy "
                       "accountant does not count, and the number of rounds it picks depends on them: set tol=None "

@@ -50,7 +50,8 @@ class PartialPersonalizedRegressor(RegressorMixin, PersonalizedEstimator):
     __metadata_request__score = {"client_ids": True}
 
     def __init__(self, module=None, *, split="head", algorithm="fedalt", n_rounds=300, tol=1e-4, n_iter_no_change=10,
-                 early_stopping=False, validation_fraction=0.1, guard=None, guard_margin=0.5, clients_per_round=10,
+                 early_stopping=False, validation_fraction=0.1, guard=None, guard_margin=0.5, guard_refit=True,
+                 clients_per_round=10,
                  personal_steps=None, shared_steps=None, lr=0.3, personal_lr=None, batch_size=32,
                  server_lr=1.0, hidden_layer_sizes=(64, 64), engine="auto", max_clients_per_batch=None,
                  compile="auto", device="auto", precision="fp32", unseen_clients="error", pretrain_rounds=0,

@@ -14,7 +14,9 @@ from pfedest.flower import RunSettings, export_app, local_round, read_model, run
 from pfedest.flower.guard import PREFIX, node_decision, split_fallback, train_rows, with_fallback
 from test_flower import N_NODES, flower_context, flower_message, small_estimator, small_federation
 
-GUARD = dict(guard="validation", validation_fraction=0.25, clients_per_round=N_NODES, tol=None, weighting="uniform")
+# a node gives no held-out row back (no refit): the simulator without guard_refit is what it matches
+GUARD = dict(guard="validation", guard_refit=False, validation_fraction=0.25, clients_per_round=N_NODES, tol=None,
+             weighting="uniform")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,13 @@ def test_handlers_send_the_fallback_and_keep_the_decision_on_the_node(tmp_path):
 
     X, y, c = small_federation()
     est = small_estimator(guard="validation", validation_fraction=0.25)
-    app = export_app(est, tmp_path / "app", classes=np.unique(y), n_features=5)
+    with pytest.warns(UserWarning, match="guard_refit=True"):  # a node does not give its held-out rows back
+        app = export_app(est, tmp_path / "app", classes=np.unique(y), n_features=5)
+    with warnings.catch_warnings():  # what a node does: nothing to warn about
+        warnings.simplefilter("error")
+        export_app(small_estimator(guard="validation", guard_refit=False), tmp_path / "app2",
+                   classes=np.unique(y), n_features=5)
+        export_app(small_estimator(), tmp_path / "app3", classes=np.unique(y), n_features=5)
     app_dir = app / "pfedest_app"
     spec = read_model(app_dir / "model.json")
     np.savez(tmp_path / "node1.npz", X=X[c == 1], y=y[c == 1])

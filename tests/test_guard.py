@@ -131,17 +131,52 @@ def held_out(est, X, y, c):
     return mask
 
 
-def test_the_guarded_model_is_the_plain_one_trained_on_the_rows_not_held_out(guarded, permuted):
-    # the guarded model is the unguarded one trained on the rows the guard did not hold out
+def test_the_refit_guarded_model_is_the_plain_one_on_all_rows_with_the_decisions_of_the_held_out_ones(guarded,
+                                                                                                     permuted):
+    # without the refit, the guarded model is the unguarded one trained on the rows the guard did not
+    # hold out; the refit (the default) trains again on every row, as scikit-learn refits after a
+    # search: the plain model on all rows, the same seed, with the decisions the held-out rows made
     X, y, c = permuted
     mask = held_out(guarded, X, y, c)
     assert 0 < (~mask).sum() < len(X) / 2
-    plain = PartialPersonalizedClassifier(**COMMON).fit(X[mask], y[mask], client_ids=c[mask])
-    for k, v in plain.shared_params_.items():
-        torch.testing.assert_close(guarded.shared_params_[k], v)
+    assert guarded.guard_refit is True
+    unrefit = PartialPersonalizedClassifier(guard="validation", guard_refit=False, **COMMON).fit(X, y, client_ids=c)
+    on_kept_rows = PartialPersonalizedClassifier(**COMMON).fit(X[mask], y[mask], client_ids=c[mask])
+    on_all_rows = PartialPersonalizedClassifier(**COMMON).fit(X, y, client_ids=c)
+    assert not hasattr(on_all_rows, "guard_weights_") and not hasattr(on_all_rows, "fallback_params_")
+    for plain, est in ((on_kept_rows, unrefit), (on_all_rows, guarded)):
+        for name in ("shared_params_", "personal_params_"):
+            for k, v in getattr(plain, name).items():
+                torch.testing.assert_close(getattr(est, name)[k], v)
+        assert len(est.history_) == len(plain.history_) == COMMON["n_rounds"] and est.n_iter_ == plain.n_iter_
+    # the held-out rows changed the model: the refit trained on them
+    for k, v in unrefit.personal_params_.items():
+        assert not torch.allclose(guarded.personal_params_[k], v)
+    # the refit changes no decision: the weights and evidence are those the held-out rows made
+    assert np.array_equal(guarded.guard_weights_, unrefit.guard_weights_)
+    for k, v in unrefit.guard_evidence_.items():
+        np.testing.assert_array_equal(guarded.guard_evidence_[k], v)
+    # the fallback is the average of the personal parts the model answers with
+    for k, v in guarded.fallback_params_.items():
+        torch.testing.assert_close(v, on_all_rows.personal_params_[k].mean(0))
+
+
+def test_a_refit_personalize_trains_the_new_clients_again_on_all_their_rows(guarded, permuted):
+    X_new, y_new, _ = make_shifted_clients(n_clients=2, n_samples_per_client=50, n_features=5, n_classes=4,
+                                           label_shift=1.0, feature_shift=0.0, class_sep=3.0, random_state=1)
+    c_new = np.repeat([100, 101], 50)
+    plain = pickle.loads(pickle.dumps(guarded))
+    del plain.guard_weights_, plain.guard_evidence_, plain.fallback_params_
+    plain.set_params(guard=None).personalize(X_new, y_new, c_new, epochs=3)
+    est = pickle.loads(pickle.dumps(guarded))
+    unrefit = pickle.loads(pickle.dumps(guarded)).set_params(guard_refit=False)
+    est.personalize(X_new, y_new, c_new, epochs=3)
+    unrefit.personalize(X_new, y_new, c_new, epochs=3)
     for k, v in plain.personal_params_.items():
-        torch.testing.assert_close(guarded.personal_params_[k], v)
-    assert not hasattr(plain, "guard_weights_") and not hasattr(plain, "fallback_params_")
+        torch.testing.assert_close(est.personal_params_[k], v)
+        torch.testing.assert_close(est.fallback_params_[k], guarded.fallback_params_[k])  # kept by personalize
+    assert np.array_equal(est.guard_weights_, unrefit.guard_weights_)
+    np.testing.assert_array_equal(est.guard_evidence_["gain"], unrefit.guard_evidence_["gain"])
 
 
 def test_loop_and_vmap_engines_agree(permuted):
@@ -200,10 +235,14 @@ def test_a_state_for_other_clients_is_refused_before_anything_changes(guarded, p
 
 def test_warm_start_takes_the_fallback_anew_and_decides_again(permuted):
     X, y, c = permuted
-    est = PartialPersonalizedClassifier(guard="validation", warm_start=True, **COMMON).fit(X, y, client_ids=c)
+    # without the refit (a warm start continues from the refit model: with it, two fits differ from
+    # one, and the second decision is made by a model that has trained on its held-out rows)
+    est = PartialPersonalizedClassifier(guard="validation", guard_refit=False, warm_start=True, **COMMON)
+    est.fit(X, y, client_ids=c)
     first = {k: v.clone() for k, v in est.fallback_params_.items()}
     est.fit(X, y, client_ids=c)
-    once = PartialPersonalizedClassifier(guard="validation", **{**COMMON, "n_rounds": 24}).fit(X, y, client_ids=c)
+    once = PartialPersonalizedClassifier(guard="validation", guard_refit=False, **{**COMMON, "n_rounds": 24})
+    once.fit(X, y, client_ids=c)
     for k, v in once.fallback_params_.items():  # two fits of 12 rounds are one of 24, fallback included
         torch.testing.assert_close(est.fallback_params_[k], v)
         assert not torch.equal(est.fallback_params_[k], first[k])

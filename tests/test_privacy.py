@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from sklearn.utils._param_validation import InvalidParameterError
 
 from pfedest import PartialPersonalizedClassifier
+from pfedest.datasets import make_shifted_clients
 from pfedest.core.privacy import PrivateSum, clip_deltas, next_clip, update_noise_multiplier
 from pfedest.privacy import DifferentialPrivacy, PrivateTraining, calibrate_noise, epsilon_of, round_event
 
@@ -289,3 +290,13 @@ def test_a_private_fit_that_diverges_names_the_noise_as_the_likely_cause():
     est = PartialPersonalizedClassifier(privacy=DifferentialPrivacy(target_epsilon=3.0), random_state=0)
     with pytest.raises(FloatingPointError, match=r"server adds noise of standard deviation 0\.\d+ .*clients_per_round"):
         est.fit(X, y, c)
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_privacy_refuses_the_guard_whose_fallback_the_accountant_does_not_cover(refit):
+    X, y, c = make_shifted_clients(n_clients=12, n_samples_per_client=20, random_state=0)
+    est = PartialPersonalizedClassifier(guard="validation", guard_refit=refit, n_rounds=2, tol=None,
+                                        privacy=DifferentialPrivacy(noise_multiplier=1.0))
+    with pytest.raises(ValueError, match="privacy and guard='validation' cannot be combined"):
+        est.fit(X, y, c)
+    assert not hasattr(est, "shared_params_")  # refused before training

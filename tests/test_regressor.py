@@ -310,3 +310,9 @@ def test_the_guard_decides_a_regressors_clients_on_their_squared_error():
     report = est.client_report(X, y, c)
     assert np.array_equal(np.asarray(report.clients["guard_weight"]), est.guard_weights_)
     assert np.all(np.isfinite(np.asarray(report.clients["r2"])))
+    # the refit (guard_refit, the default) is the plain regressor on every row, with the decisions kept
+    plain = PartialPersonalizedRegressor(validation_fraction=0.25, n_rounds=40, tol=None, lr=0.1,
+                                         random_state=0).fit(X, y, c)
+    for k, v in plain.personal_params_.items():
+        torch.testing.assert_close(est.personal_params_[k], v)
+        torch.testing.assert_close(est.fallback_params_[k], v.mean(0))

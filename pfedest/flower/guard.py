@@ -13,7 +13,9 @@ A node holds out the rows the simulator holds out of its client
 (:func:`pfedest.core.guard.holdout_mask`, keyed by its ``partition-id``) and trains on the rest;
 when asked to evaluate, it decides on its held-out rows (:func:`node_decision`, the simulator's
 rule) and scores the model it chose. The decision and its evidence go to
-``pfedest-<app id>.guard.json`` in its ``state-dir``, never to the server.
+``pfedest-<app id>.guard.json`` in its ``state-dir``, never to the server. A node does not run the
+estimator's ``guard_refit`` pass (its held-out rows never train): it matches the simulator with
+``guard_refit=0``, and exporting a guarded estimator with ``guard_refit > 0`` warns.
 """
 
 from __future__ import annotations

@@ -270,6 +270,9 @@ def write_model(estimator, path, *, classes=None, n_features=None) -> Path:
     defaults = _defaults(type(estimator))
     ignored = sorted(k for k, v in params.items()
                      if k not in CARRIED + SILENTLY_IGNORED and not _same(v, defaults.get(k)))
+    # a node never gives its held-out rows back: guard_refit=True (the default) is what it cannot do
+    refit = bool(params.get("guard") and params.get("guard_refit"))
+    ignored = [k for k in ignored if k != "guard_refit"] + (["guard_refit"] if refit else [])
     if "lr_schedule" in params and schedule_fields(params["lr_schedule"]) is None:
         ignored.append("lr_schedule")  # a callable of the user's: the nodes could not rebuild it
         params.pop("lr_schedule")
