@@ -186,6 +186,17 @@ def test_a_private_flower_run_in_process_reproduces_the_private_fit(tmp_path, mo
         received, sent = pf.to_tensors(ins.content.array_records["arrays"]), pf.to_tensors(reply.content["arrays"])
         assert _norm({k: sent[k].double() - received[k].double() for k in sent}) <= clip * (1 + 1e-5)
         assert reply.content["metrics"]["num-examples"] == 1  # every client counts once
+    # the result folder the ServerApp would write: load_result's history_ keeps each round's epsilon
+    result = tmp_path / "result"
+    result.mkdir()
+    (result / "model.json").write_text((app_dir / "model.json").read_text())
+    pf.write_npz(result / "shared.npz", shared)
+    (result / "rounds.json").write_text(json.dumps({"settings": {}, "rounds": strategy.rounds}, default=str))
+    trained = [cfg["state-dir"] for cfg in node_configs.values()  # a node never sampled has no state file
+               if (tmp_path / cfg["state-dir"] / pf.NodeStore.file_name(spec.app_id)).is_file()]
+    loaded = pf.load_result(result, trained)
+    assert [h["epsilon"] for h in loaded.history_] == [h["epsilon"] for h in fitted.history_]
+    assert loaded.privacy.get_params() == fitted.privacy.get_params()
 
 
 def test_model_json_carries_the_privacy_settings_without_pickle(tmp_path):
