@@ -3,9 +3,15 @@ simulator's private fit: the sampled clients, epsilon after each round, the shar
 
 Usage: ``PYTHONPATH=$PWD python benchmarks/flower_privacy_loopback.py /tmp/some-empty-folder`` (about 2 min).
 """
-import json, subprocess, sys, time, warnings
+import json
+import subprocess
+import sys
+import time
+import warnings
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_flower import Federation, small_estimator
 from pfedest.datasets import make_shifted_clients
@@ -38,7 +44,8 @@ finally:
     fed.stop()
 print("rc", rc, "wall", round(time.monotonic() - tic, 1), "s")
 summary = json.loads((root / "result" / "rounds.json").read_text())
-print("flower  clients", [r.get("clients") for r in summary["rounds"]], "epsilon", [r.get("epsilon") for r in summary["rounds"]])
+print("flower  clients", [r.get("clients") for r in summary["rounds"]],
+      "epsilon", [r.get("epsilon") for r in summary["rounds"]])
 print("fit     clients", [h["clients"] for h in fitted.history_], "epsilon", [h["epsilon"] for h in fitted.history_])
 shared, _ = read_npz(root / "result" / "shared.npz")
 print("max |flower - fit| shared", max(float((shared[k] - v).abs().max()) for k, v in fitted.shared_params_.items()),

@@ -407,7 +407,8 @@ def train_handler(msg, context, app_dir):
         reply = clip_update(reply, shared, privacy.clip)
     if settings.guard:  # the personal part, for the server to average into the fallback (pfedest.flower.guard)
         reply = with_fallback(reply, new_personal)
-    metrics = MetricRecord({"num-examples": 1 if privacy is not None else int(len(X)), "train-loss-sum": float(result.loss_sum),
+    examples = 1 if privacy is not None else int(len(X))  # its weight in the mean: one a client under DP
+    metrics = MetricRecord({"num-examples": examples, "train-loss-sum": float(result.loss_sum),
                             "train-rows": float(result.row_count), "partition-id": node.partition_id,
                             "personal-source": SOURCES[source]})
     return Message(RecordDict({ARRAYS_KEY: to_record(reply), METRICS_KEY: metrics}), reply_to=msg)

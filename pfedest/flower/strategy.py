@@ -363,10 +363,11 @@ class PersonalizedFedAvg(FedAvg):
         broken = sorted(k for k, v in new_shared.items() if not torch.isfinite(v).all())
         if broken:
             self.server.load_state_dict(before)
+            z = self.privacy.training.noise_multiplier
             record["refused"] = (f"the server step would make {', '.join(broken)} NaN or infinite "
                                  f"(server-optimizer={self.settings.server_optimizer!r}, server-lr="
-                                 f"{self.settings.server_lr}, noise multiplier {self.privacy.training.noise_multiplier:g}"
-                                 "); the shared parameters stay as they were")
+                                 f"{self.settings.server_lr}, noise multiplier {z:g}); the shared parameters stay "
+                                 "as they were")
             logger.warning("Round %d: refused: %s.", server_round, record["refused"])
             if self.on_round:
                 self.on_round(record, self._current)
