@@ -34,7 +34,7 @@ import numpy as np
 
 from ..core.privacy import PrivateSum, clip_deltas
 from ..core.types import Params
-from ..privacy import DifferentialPrivacy, PrivateTraining
+from ..privacy import DifferentialPrivacy, PrivateTraining, epsilon_of
 
 __all__ = ["check_flower_privacy", "clip_update", "ServerPrivacy"]
 
@@ -134,6 +134,8 @@ class ServerPrivacy:
         self.planned = int(planned)
         self.history: list = []  # {"dp": entry} of every round counted, as PrivateTraining reads a history
         self.training: Optional[PrivateTraining] = None
+        # a ServerApp without dp-accounting fails here, with the install hint, not in its first round
+        epsilon_of([], self.config.delta)
 
     def sample(self, server_round: int, n_nodes: int, expected: int) -> np.ndarray:
         """Positions (among ``n_nodes`` eligible nodes, in partition order) sampled in ``server_round``,
