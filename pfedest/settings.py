@@ -120,8 +120,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("clip_grad_norm", None, [None, _POSITIVE], "training", "run_config"),
     Setting("personal_l2", 0.0, [Interval(Real, 0, None, closed="left")], "training", "run_config"),
     Setting("personal_l2_target", "zero", [StrOptions({"zero", "init"})], "training", "run_config"),
-    # user-level DP on the shared part (pfedest.privacy); the Flower app refuses it (flower/model_file.py)
-    Setting("privacy", None, [None, DifferentialPrivacy], "training", "unsupported"),
+    # user-level DP on the shared part (pfedest.privacy); model.json carries it to the Flower app's
+    # nodes (which clip) and strategy (which adds the noise and counts epsilon: pfedest.flower.privacy)
+    Setting("privacy", None, [None, DifferentialPrivacy], "training", "model"),
     # the Flower app runs no callbacks: an EarlyStopping or a Checkpoint that silently does nothing
     # there deserves a warning
     Setting("callbacks", None, [None, list, tuple], "session", "unsupported"),
@@ -206,7 +207,7 @@ def by_role(role: str) -> tuple[str, ...]:
     >>> by_role("plan")
     ('n_rounds', 'pretrain_rounds', 'finetune_epochs')
     >>> by_role("flower:unsupported")[-3:]
-    ('finetune_epochs', 'privacy', 'callbacks')
+    ('pretrain_rounds', 'finetune_epochs', 'callbacks')
     """
     if role.startswith("flower:"):
         kind = role.split(":", 1)[1]

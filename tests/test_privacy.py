@@ -229,12 +229,15 @@ def test_the_stopping_rule_warns_that_it_is_not_accounted(federated):
         fit(federated, DifferentialPrivacy(noise_multiplier=1.0))
 
 
-def test_the_flower_app_refuses_privacy(tmp_path):
-    pytest.importorskip("flwr")
-    from pfedest.flower.model_file import write_model
+def test_the_flower_app_carries_privacy_but_refuses_adaptive_clipping(tmp_path):
+    # the app runs DP-FedAvg with a fixed clip (tests/test_flower_privacy.py); adaptive clipping stays refused
+    from pfedest.flower.model_file import read_model, write_model
 
     est = PartialPersonalizedClassifier(hidden_layer_sizes=(4,), privacy=DifferentialPrivacy(noise_multiplier=1.0))
-    with pytest.raises(ValueError, match="does not run differential privacy"):
+    spec = read_model(write_model(est, tmp_path / "model.json", classes=[0, 1], n_features=3))
+    assert spec.estimator_params()["privacy"].get_params() == est.privacy.get_params()
+    est.set_params(privacy=DifferentialPrivacy(noise_multiplier=1.0, target_quantile=0.5))
+    with pytest.raises(ValueError, match="does not run adaptive clipping"):
         write_model(est, tmp_path / "model.json", classes=[0, 1], n_features=3)
 
 

@@ -22,8 +22,7 @@ def test_every_setting_has_a_known_role_and_flower_treatment():
         assert s.flower in ("model", "run_config", "ignored", "unsupported"), s
     # what a resumed fit compares and what the Flower app carries are derived, not listed again
     assert settings.by_role("flower:unsupported") == ("tol", "n_iter_no_change", "early_stopping", "guard_refit",
-                                                      "precision", "pretrain_rounds", "finetune_epochs", "privacy",
-                                                      "callbacks")
+                                                      "precision", "pretrain_rounds", "finetune_epochs", "callbacks")
     assert "engine" in settings.by_role("execution") and "engine" not in settings.RESUME_CHECKED
 
 

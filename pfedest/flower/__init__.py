@@ -44,6 +44,8 @@ The package, one module a role:
 - :mod:`pfedest.flower.node`: the ClientApp (:func:`~pfedest.flower.node.local_round`,
   :class:`~pfedest.flower.node.NodeStore`, the handlers, :func:`~pfedest.flower.node.client_app`);
 - :mod:`pfedest.flower.strategy`: :class:`~pfedest.flower.strategy.PersonalizedFedAvg` (imports Flower);
+- :mod:`pfedest.flower.privacy`: user-level DP of the shared part (an estimator's ``privacy=``): the
+  nodes' clipping, the server's sampling, noise and epsilon, as the simulator's;
 - :mod:`pfedest.flower.server`: the ServerApp (:func:`~pfedest.flower.server.server_main`,
   :func:`~pfedest.flower.server.server_app`) and the result folder;
 - :mod:`pfedest.flower.app`: :func:`~pfedest.flower.app.export_app`,

@@ -268,7 +268,9 @@ def load_result(result_dir, state_dirs: Iterable = ()):
             history.append({"round": r["round"], "stage": "flower", "train_loss": r.get("train_loss"),
                             "n_clients": r.get("n_accepted", 0), "clients": r.get("clients", []),
                             "bytes_up": r.get("bytes_up", 0),
-                            "wall_time": (r.get("finished") or r["started"]) - r["started"]})
+                            "wall_time": (r.get("finished") or r["started"]) - r["started"],
+                            # a private run's epsilon spent so far, as a private fit's history_ has it
+                            **{k: r[k] for k in ("epsilon", "dp_clip", "dp") if k in r}})
     est.history_ = history
     params = spec.estimator_params()
     # The run's settings (its run config may have changed model.json's); a rounds.json of an older

@@ -14,7 +14,8 @@ not a plain value travels as
 - a class, by its import path ``"module:qualname"``: a torch module class (``module=MyNet``,
   called as ``MyNet(n_features, n_classes)``) or a scikit-learn-style class;
 - a scikit-learn-style object (a :class:`~pfedest.Split`, a schedule of
-  :mod:`pfedest.core.schedules`, a :class:`~pfedest.core.server.ServerOptimizer`, or one of your
+  :mod:`pfedest.core.schedules`, a :class:`~pfedest.core.server.ServerOptimizer`, a
+  :class:`~pfedest.privacy.DifferentialPrivacy`, or one of your
   own with ``get_params``), as its class's import path and its ``get_params(deep=False)``,
   rebuilt as ``cls(**params)``;
 - a ``functools.partial`` of a torch module class with such arguments (a factory:
@@ -262,11 +263,10 @@ def write_model(estimator, path, *, classes=None, n_features=None) -> Path:
         fitted = False
     params = estimator.get_params(deep=False)
     if params.get("privacy") is not None:
-        # A run without the noise would be silently non-private: refuse rather than warn.
-        raise ValueError("The Flower app does not run differential privacy (privacy="
-                         f"{params['privacy']!r}): its nodes neither clip their shared update nor does its strategy "
-                         "add noise or account for epsilon. Export the estimator with privacy=None, or train it "
-                         "privately in the simulator (fit).")
+        # checked here, not first on the nodes: a setting the app cannot run refuses the export
+        from .privacy import check_flower_privacy
+
+        check_flower_privacy(params["privacy"])
     defaults = _defaults(type(estimator))
     ignored = sorted(k for k, v in params.items()
                      if k not in CARRIED + SILENTLY_IGNORED and not _same(v, defaults.get(k)))

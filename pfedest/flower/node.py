@@ -34,6 +34,7 @@ from ..core.sampling import RoundKeys
 from ..core.types import Params
 from ..validation import encode_labels
 from .guard import decision_file, node_decision, split_fallback, train_rows, with_fallback, write_decision
+from .privacy import check_flower_privacy, clip_update
 from .model_file import MODEL_FILE, ModelSpec, check_layout, read_model
 from .records import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, read_npz, to_numpy, to_record, to_tensors, write_npz
 from .settings import RunSettings
@@ -401,9 +402,13 @@ def train_handler(msg, context, app_dir):
     node.store.save(context, new_personal, server_round=server_round, run_id=context.run_id, source=source,
                     start=start, loss=loss)
     reply = {k: new_shared[k] for k in spec.shared}  # by construction, never a personal name
+    privacy = check_flower_privacy(spec.estimator_params().get("privacy"), settings.guard)
+    if privacy is not None:  # DP-FedAvg (pfedest.flower.privacy): the update clipped, every client counts once
+        reply = clip_update(reply, shared, privacy.clip)
     if settings.guard:  # the personal part, for the server to average into the fallback (pfedest.flower.guard)
         reply = with_fallback(reply, new_personal)
-    metrics = MetricRecord({"num-examples": int(len(X)), "train-loss-sum": float(result.loss_sum),
+    examples = 1 if privacy is not None else int(len(X))  # its weight in the mean: one a client under DP
+    metrics = MetricRecord({"num-examples": examples, "train-loss-sum": float(result.loss_sum),
                             "train-rows": float(result.row_count), "partition-id": node.partition_id,
                             "personal-source": SOURCES[source]})
     return Message(RecordDict({ARRAYS_KEY: to_record(reply), METRICS_KEY: metrics}), reply_to=msg)

@@ -108,7 +108,7 @@ def server_main(grid, context, app_dir) -> Path:
 
     # with the guard, the nodes' personal parts are averaged into the fallback with the shared part
     initial = with_fallback(spec.shared, spec.personal) if settings.guard else spec.shared
-    strategy = PersonalizedFedAvg(initial, settings, on_round=on_round)
+    strategy = PersonalizedFedAvg(initial, settings, on_round=on_round, privacy=spec.estimator_params().get("privacy"))
     write_npz(out / "shared.npz", spec.shared)
     if settings.poll_interval > 0 or settings.straggler_wait > 0:
         run_grid = _PollingGrid(grid, settings.poll_interval or 3.0, settings.straggler_wait)

@@ -31,6 +31,7 @@ from ..core.rounds import server_update
 from ..core.sampling import sample_clients
 from ..core.server import WeightedAverage
 from ..core.types import Params
+from .privacy import ServerPrivacy, check_flower_privacy
 from .records import ARRAYS_KEY, CONFIG_KEY, to_record, to_tensors
 from .settings import RunSettings
 
@@ -88,9 +89,15 @@ class PersonalizedFedAvg(FedAvg):
     settings : RunSettings
     on_round : callable, optional
         Called as ``on_round(record, shared)`` after each round's aggregation.
+    privacy : DifferentialPrivacy, optional
+        User-level DP of the shared part (``model.json``'s ``privacy``; :mod:`pfedest.flower.privacy`):
+        the nodes are sampled as its accountant assumes (Poisson or fixed-size, the simulator's draw),
+        every accepted reply's update is clipped and counts once, the sum gets the simulator's keyed
+        Gaussian noise and is divided by the expected number of clients, also in a round with no
+        usable reply; each round's record holds ``epsilon``, ``dp_clip`` and ``dp``.
     """
 
-    def __init__(self, shared: Params, settings: RunSettings, on_round=None):
+    def __init__(self, shared: Params, settings: RunSettings, on_round=None, privacy=None):
         super().__init__(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1,
                          min_available_nodes=settings.min_nodes, arrayrecord_key=ARRAYS_KEY,
                          configrecord_key=CONFIG_KEY)
@@ -102,6 +109,8 @@ class PersonalizedFedAvg(FedAvg):
         self._current: Optional[Params] = None
         self.partitions: Dict[int, int] = {}  # node id -> partition-id, from the nodes' replies
         self.server = settings.make_server_optimizer()
+        privacy = check_flower_privacy(privacy, settings.guard)
+        self.privacy = None if privacy is None else ServerPrivacy(privacy, settings.seed, settings.num_rounds)
 
     def summary(self) -> None:
         s = self.settings
@@ -169,8 +178,11 @@ class PersonalizedFedAvg(FedAvg):
         nodes = sorted(connected)
         if all(int(n) in self.partitions for n in nodes):
             nodes.sort(key=lambda n: (self.partitions[int(n)], n))
-        rng = np.random.default_rng([self.settings.seed, int(server_round)])
-        chosen = sample_clients(rng, np.arange(len(nodes)), self.settings.n_sampled(len(nodes)))
+        if self.privacy is not None:  # as the accountant assumes: Poisson or fixed-size, the simulator's draw
+            chosen = self.privacy.sample(server_round, len(nodes), self.settings.n_sampled(len(nodes)))
+        else:
+            rng = np.random.default_rng([self.settings.seed, int(server_round)])
+            chosen = sample_clients(rng, np.arange(len(nodes)), self.settings.n_sampled(len(nodes)))
         sampled = [nodes[i] for i in chosen]
         # Node ids are 64-bit unsigned: kept as strings, JSON and numpy cannot hold them all.
         self.rounds.append({"round": int(server_round), "connected": [str(n) for n in nodes],
@@ -179,7 +191,7 @@ class PersonalizedFedAvg(FedAvg):
 
     def configure_train(self, server_round, arrays, config, grid):
         connected = self._connected(grid)
-        if self.settings.n_sampled(len(connected)) < len(connected):
+        if self.privacy is not None or self.settings.n_sampled(len(connected)) < len(connected):
             connected = self.ask_partitions(grid, connected, server_round) or connected
         sampled = self.begin_round(server_round, to_tensors(arrays), connected)
         logger.info("Round %d: training %d of %d nodes", server_round, len(sampled),
@@ -288,6 +300,8 @@ class PersonalizedFedAvg(FedAvg):
                 logger.warning("Round %d: refused the reply of node %s: %s", server_round, node, reason)
         record["missing"] = sorted(set(record["sampled"]) - {r["node"] for r in record["replies"]}
                                    - {f["node"] for f in record["failures"]})
+        if self.privacy is not None:
+            return self._aggregate_private(server_round, record, accepted)
         if not accepted:
             record.update(train_loss=None, n_accepted=0, finished=time.time())
             logger.warning("Round %d: no usable reply; the shared parameters stay as they were.", server_round)
@@ -324,6 +338,44 @@ class PersonalizedFedAvg(FedAvg):
             self.on_round(record, new_shared)
         metrics = MetricRecord({"train-loss": train_loss if train_loss is not None else 0.0,
                                 "nodes": len(accepted)})
+        return to_record(new_shared), metrics
+
+    def _aggregate_private(self, server_round, record, accepted):
+        """The private round: every accepted reply clipped and counted once, the keyed noise, the server
+        step, epsilon. A round with no usable reply still releases the noise, as the simulator's does:
+        keeping the parameters would tell that nobody took part."""
+        accepted.sort(key=lambda item: (item[0].get("partition-id", -1), item[2]))
+        total = self.privacy.aggregator(self._current, server_round)
+        if accepted:
+            total.add({k: torch.stack([p[k] for _, p, _ in accepted]) for k in self.layout}, torch.ones(len(accepted)))
+        before = copy.deepcopy(self.server.state_dict())
+        new_shared = server_update(self.server, self._current, total.mean())
+        loss_sum = sum(float(m.get("train-loss-sum", 0.0)) for m, _, _ in accepted)
+        rows = sum(float(m.get("train-rows", 0.0)) for m, _, _ in accepted)
+        train_loss = loss_sum / rows if rows and math.isfinite(loss_sum / rows) else None
+        # the data touched the noisy sum whether or not the step is kept: the round is counted
+        record.update(train_loss=train_loss, n_accepted=len(accepted),
+                      clients=[m.get("partition-id") for m, _, _ in accepted],
+                      bytes_up=int(sum(r["bytes"] for r in record["replies"] if r["accepted"])),
+                      finished=time.time(), **self.privacy.account(total))
+        logger.info("Round %d: private aggregate of %d node(s), epsilon %.4g at delta %g", server_round,
+                    len(accepted), record["epsilon"], self.privacy.config.delta)
+        broken = sorted(k for k, v in new_shared.items() if not torch.isfinite(v).all())
+        if broken:
+            self.server.load_state_dict(before)
+            z = self.privacy.training.noise_multiplier
+            record["refused"] = (f"the server step would make {', '.join(broken)} NaN or infinite "
+                                 f"(server-optimizer={self.settings.server_optimizer!r}, server-lr="
+                                 f"{self.settings.server_lr}, noise multiplier {z:g}); the shared parameters stay "
+                                 "as they were")
+            logger.warning("Round %d: refused: %s.", server_round, record["refused"])
+            if self.on_round:
+                self.on_round(record, self._current)
+            return None, None
+        if self.on_round:
+            self.on_round(record, new_shared)
+        metrics = MetricRecord({"train-loss": train_loss if train_loss is not None else 0.0,
+                                "nodes": len(accepted), "epsilon": float(record["epsilon"])})
         return to_record(new_shared), metrics
 
     def configure_evaluate(self, server_round, arrays, config, grid):
