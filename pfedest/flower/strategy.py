@@ -300,9 +300,7 @@ class PersonalizedFedAvg(FedAvg):
                 logger.warning("Round %d: refused the reply of node %s: %s", server_round, node, reason)
         record["missing"] = sorted(set(record["sampled"]) - {r["node"] for r in record["replies"]}
                                    - {f["node"] for f in record["failures"]})
-        if self.privacy is not None:
-            return self._aggregate_private(server_round, record, accepted)
-        if not accepted:
+        if self.privacy is None and not accepted:
             record.update(train_loss=None, n_accepted=0, finished=time.time())
             logger.warning("Round %d: no usable reply; the shared parameters stay as they were.", server_round)
             if self.on_round:
@@ -310,12 +308,26 @@ class PersonalizedFedAvg(FedAvg):
             return None, None
         # A fixed order (by partition) makes the average independent of the arrival order.
         accepted.sort(key=lambda item: (item[0].get("partition-id", -1), item[2]))
-        uniform = self.settings.weighting == "uniform"
-        average = WeightedAverage()
-        average.add({k: torch.stack([p[k] for _, p, _ in accepted]) for k in self.layout},
-                    torch.tensor([1.0 if uniform else float(m[self.weighted_by_key]) for m, _, _ in accepted]))
+        stacked = {k: torch.stack([p[k] for _, p, _ in accepted]) for k in self.layout} if accepted else None
+        if self.privacy is None:
+            uniform = self.settings.weighting == "uniform"
+            total = WeightedAverage()
+            total.add(stacked, torch.tensor([1.0 if uniform else float(m[self.weighted_by_key])
+                                             for m, _, _ in accepted]))
+        else:
+            # every accepted reply clipped and counted once, and the keyed noise; a round with no usable
+            # reply still releases the noise, as the simulator's does: keeping the parameters would tell
+            # that nobody took part
+            total = self.privacy.aggregator(self._current, server_round)
+            if accepted:
+                total.add(stacked, torch.ones(len(accepted)))
+        return self._server_step(server_round, record, accepted, total)
+
+    def _server_step(self, server_round, record, accepted, total):
+        """The server step from the round's aggregate ``total``, the round's record (with its epsilon
+        when private), and the refusal of a step that would make a parameter non-finite."""
         before = copy.deepcopy(self.server.state_dict())
-        new_shared = server_update(self.server, self._current, average.mean())
+        new_shared = server_update(self.server, self._current, total.mean())
         loss_sum = sum(float(m.get("train-loss-sum", 0.0)) for m, _, _ in accepted)
         rows = sum(float(m.get("train-rows", 0.0)) for m, _, _ in accepted)
         train_loss = loss_sum / rows if rows and math.isfinite(loss_sum / rows) else None
@@ -323,13 +335,22 @@ class PersonalizedFedAvg(FedAvg):
                       clients=[m.get("partition-id") for m, _, _ in accepted],
                       bytes_up=int(sum(r["bytes"] for r in record["replies"] if r["accepted"])),
                       finished=time.time())
+        extra, noise = {}, ""
+        if self.privacy is not None:
+            # the data touched the noisy sum whether or not the step is kept: the round is counted
+            record.update(**self.privacy.account(total))
+            logger.info("Round %d: private aggregate of %d node(s), epsilon %.4g at delta %g", server_round,
+                        len(accepted), record["epsilon"], self.privacy.config.delta)
+            extra = {"epsilon": float(record["epsilon"])}
+            noise = f", noise multiplier {self.privacy.training.noise_multiplier:g}"
         broken = sorted(k for k, v in new_shared.items() if not torch.isfinite(v).all())
         if broken:
             # Neither saved nor sent: the round keeps the previous parameters and optimizer state.
             self.server.load_state_dict(before)
             record["refused"] = (f"the server step would make {', '.join(broken)} NaN or infinite "
                                  f"(server-optimizer={self.settings.server_optimizer!r}, "
-                                 f"server-lr={self.settings.server_lr}); the shared parameters stay as they were")
+                                 f"server-lr={self.settings.server_lr}{noise}); the shared parameters stay as they "
+                                 "were")
             logger.warning("Round %d: refused: %s.", server_round, record["refused"])
             if self.on_round:
                 self.on_round(record, self._current)
@@ -337,45 +358,7 @@ class PersonalizedFedAvg(FedAvg):
         if self.on_round:
             self.on_round(record, new_shared)
         metrics = MetricRecord({"train-loss": train_loss if train_loss is not None else 0.0,
-                                "nodes": len(accepted)})
-        return to_record(new_shared), metrics
-
-    def _aggregate_private(self, server_round, record, accepted):
-        """The private round: every accepted reply clipped and counted once, the keyed noise, the server
-        step, epsilon. A round with no usable reply still releases the noise, as the simulator's does:
-        keeping the parameters would tell that nobody took part."""
-        accepted.sort(key=lambda item: (item[0].get("partition-id", -1), item[2]))
-        total = self.privacy.aggregator(self._current, server_round)
-        if accepted:
-            total.add({k: torch.stack([p[k] for _, p, _ in accepted]) for k in self.layout}, torch.ones(len(accepted)))
-        before = copy.deepcopy(self.server.state_dict())
-        new_shared = server_update(self.server, self._current, total.mean())
-        loss_sum = sum(float(m.get("train-loss-sum", 0.0)) for m, _, _ in accepted)
-        rows = sum(float(m.get("train-rows", 0.0)) for m, _, _ in accepted)
-        train_loss = loss_sum / rows if rows and math.isfinite(loss_sum / rows) else None
-        # the data touched the noisy sum whether or not the step is kept: the round is counted
-        record.update(train_loss=train_loss, n_accepted=len(accepted),
-                      clients=[m.get("partition-id") for m, _, _ in accepted],
-                      bytes_up=int(sum(r["bytes"] for r in record["replies"] if r["accepted"])),
-                      finished=time.time(), **self.privacy.account(total))
-        logger.info("Round %d: private aggregate of %d node(s), epsilon %.4g at delta %g", server_round,
-                    len(accepted), record["epsilon"], self.privacy.config.delta)
-        broken = sorted(k for k, v in new_shared.items() if not torch.isfinite(v).all())
-        if broken:
-            self.server.load_state_dict(before)
-            z = self.privacy.training.noise_multiplier
-            record["refused"] = (f"the server step would make {', '.join(broken)} NaN or infinite "
-                                 f"(server-optimizer={self.settings.server_optimizer!r}, server-lr="
-                                 f"{self.settings.server_lr}, noise multiplier {z:g}); the shared parameters stay "
-                                 "as they were")
-            logger.warning("Round %d: refused: %s.", server_round, record["refused"])
-            if self.on_round:
-                self.on_round(record, self._current)
-            return None, None
-        if self.on_round:
-            self.on_round(record, new_shared)
-        metrics = MetricRecord({"train-loss": train_loss if train_loss is not None else 0.0,
-                                "nodes": len(accepted), "epsilon": float(record["epsilon"])})
+                                "nodes": len(accepted), **extra})
         return to_record(new_shared), metrics
 
     def configure_evaluate(self, server_round, arrays, config, grid):
