@@ -80,14 +80,16 @@ def table(args, seed, show=True):
     say = print if show else (lambda *a, **k: None)
     X, y, c = make_shifted_clients(n_clients=args.clients, random_state=seed)
     X_tr, X_te, y_tr, y_te, c_tr, c_te = train_test_split(X, y, c, test_size=0.3, stratify=c, random_state=seed)
-    say(f"{args.clients} clients, {len(X_tr)} training rows, {len(X_te)} test rows, {args.rounds} rounds, "
-        "10 clients per round\n")
+    say(f"{args.clients} clients, {len(X_tr)} training rows, {len(X_te)} test rows, {args.rounds} rounds for every "
+        "model (tol=None: the same budget, no early stop), 10 clients per round\n")
     say(f"| {'model':<30} | personal | mean acc | weighted | worst client | fit (s) |")
     say(f"|{'-' * 32}|----------|----------|----------|--------------|---------|")
     results = {}
     for label, split, algorithm in RUNS:
         tic = time.perf_counter()
-        est = PartialPersonalizedClassifier(split=split, algorithm=algorithm, n_rounds=args.rounds, random_state=seed)
+        # a fixed budget for every model (tol=None), so that the table compares like with like
+        est = PartialPersonalizedClassifier(split=split, algorithm=algorithm, n_rounds=args.rounds, tol=None,
+                                            random_state=seed)
         est.fit(X_tr, y_tr, client_ids=c_tr)
         seconds = time.perf_counter() - tic
         _, counts, accuracy = client_accuracies(est, X_te, y_te, c_te)
