@@ -27,8 +27,8 @@ from .core.sampling import n_sampled
 from .core.model import personalized_logits
 from .core.server import ServerOptimizer, make_server_optimizer
 from .fit_state import ClientData, FitState, estimator_state, load_estimator_state, seeds
-from .guard import (check_guard, decide_clients, extend_guard, forget_guard, guard_holdout, guard_state, guarded_personal,
-                    holds_out, load_guard_state, refit, refit_start, unseen_part)
+from .guard import (check_guard, decide_clients, extend_guard, forget_guard, guard_holdout, guard_state,
+                    guarded_personal, holds_out, load_guard_state, refit, refit_start, unseen_part)
 from .history import History
 from .nn.modules import build_module
 from .nn.splits import make_split
@@ -287,14 +287,15 @@ class PersonalizedEstimator(BaseEstimator):
         data = ClientData.from_rows(X, codes, rows, len(self.clients_), self.device_, dtype=_dtype(self.module_))
         stages = [stage for stage, _ in plan]
         valid, full = None, data
-        start = refit_start(self) if self.guard_refit and holds_out(self, stages) else None
-        if holds_out(self, stages):
+        guarded = holds_out(self, stages)
+        start = refit_start(self) if guarded and self.guard_refit else None
+        if guarded:
             data, valid = guard_holdout(data, self.validation_fraction, self._fit.seed)
         elif self.early_stopping and "train" in stages:
             data, valid = data.holdout(self.validation_fraction, self._fit.seed)
         try:
             run_plan(self, self._fit, plan, data, callbacks, valid=valid, criterion=self._criterion())
-            if holds_out(self, stages):  # each client of this call decides on its own held-out rows
+            if guarded:  # each client of this call decides on its own held-out rows
                 decide_clients(self, valid, np.flatnonzero(data.counts + valid.counts),
                                refresh_fallback="train" in stages)
                 if start is not None:  # the held-out rows given back; the decisions kept

@@ -99,12 +99,22 @@ class ClientData:
         """
         rng = np.random.default_rng([seed, 0])  # round 0: no round of training draws with it
         clients = self.row_clients()
-        # several targets (multi-output regression): spread over the first one's range
-        labels = self.y.cpu().numpy().reshape(len(self.y), -1)[:, 0]
+        labels = self.strata()
         order = np.lexsort((rng.random(len(labels)), labels, clients))
         position = np.arange(len(order)) - np.repeat(self.offsets, self.counts)
         held = np.zeros(len(order), dtype=bool)
         held[order] = np.floor((position + 1) * fraction) > np.floor(position * fraction)
+        return self.split(held)
+
+    def strata(self) -> np.ndarray:
+        """What held-out rows are spread over: each row's label, or (several targets of a
+        multi-output regression) its first target."""
+        return self.y.cpu().numpy().reshape(len(self.y), -1)[:, 0]
+
+    def split(self, held: np.ndarray) -> tuple["ClientData", "ClientData"]:
+        """``(rest, held)``: the rows not marked in the boolean ``held`` and those marked, each still
+        sorted by client."""
+        clients = self.row_clients()
         parts = []
         for keep in (~held, held):
             index = torch.as_tensor(np.flatnonzero(keep), device=self.X.device)

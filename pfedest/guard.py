@@ -35,9 +35,8 @@ from .core.guard import EVIDENCE_FIELDS, decide, holdout_mask
 from .core.model import personalized_logits
 from .training import run_plan
 
-__all__ = ["GUARD_ATTRIBUTES", "check_guard", "decide_clients",
-           "guarded_personal", "unseen_part", "extend_guard", "forget_guard", "guard_state", "load_guard_state", "holds_out", "guard_holdout",
-           "refit_start", "refit"]
+__all__ = ["GUARD_ATTRIBUTES", "check_guard", "decide_clients", "guarded_personal", "unseen_part", "extend_guard",
+           "forget_guard", "guard_state", "load_guard_state", "holds_out", "guard_holdout", "refit_start", "refit"]
 
 #: The fitted attributes the guard sets.
 GUARD_ATTRIBUTES = ("fallback_params_", "guard_weights_", "guard_evidence_")
@@ -60,22 +59,12 @@ def holds_out(est, stages) -> bool:
 def guard_holdout(data, fraction: float, seed: int):
     """``(train, valid)``: each client's held-out rows (:func:`pfedest.core.guard.holdout_mask`, keyed by
     the client's index, as a Flower node keys them by its partition-id) and the rest."""
-    labels = data.y.cpu().numpy()
-    if labels.ndim > 1:  # a regressor's targets: spread over the first one's range, as ClientData.holdout does
-        labels = labels[:, 0]
+    labels = data.strata()
     held = np.zeros(len(labels), dtype=bool)
     for i in np.flatnonzero(data.counts):
         rows = slice(data.offsets[i], data.offsets[i] + data.counts[i])
         held[rows] = holdout_mask(labels[rows], fraction, seed, i)
-    return _subset(data, ~held), _subset(data, held)
-
-
-def _subset(data, keep):
-    clients = data.row_clients()[keep]
-    index = torch.as_tensor(np.flatnonzero(keep), device=data.X.device)
-    counts = np.bincount(clients, minlength=len(data.counts))
-    return type(data)(X=data.X[index], y=data.y[index], counts=counts,
-                      offsets=np.concatenate([[0], np.cumsum(counts)[:-1]]))
+    return data.split(held)
 
 
 def forget_guard(est) -> None:
