@@ -35,7 +35,7 @@ from sklearn.base import BaseEstimator
 from .core.privacy import PrivateSum, next_clip, update_noise_multiplier
 from .core.sampling import RoundKeys
 
-__all__ = ["DifferentialPrivacy", "PrivateTraining", "round_event", "epsilon_of", "calibrate_noise"]
+__all__ = ["DifferentialPrivacy", "PrivateTraining", "round_event", "epsilon_of", "calibrate_noise", "check_config"]
 
 #: The stream of :class:`~pfedest.core.sampling.RoundKeys` that keys the server's noise (the
 #: algorithms' minibatch streams are 0 and 1).
@@ -360,12 +360,42 @@ class PrivateTraining:
         return {"epsilon": epsilon, "dp_clip": used, "dp": entry}
 
 
-def check_privacy_settings(est) -> None:
-    """Refuse estimator settings a private fit cannot honour (called by ``fit`` when ``privacy`` is set)."""
-    config = est.privacy
+def check_config(config) -> DifferentialPrivacy:
+    """``config`` if it is a usable :class:`DifferentialPrivacy`; a clear error otherwise.
+
+    The estimator's ``privacy`` and the Flower app's both pass here.
+
+    Parameters
+    ----------
+    config : object
+        What was given as ``privacy``.
+
+    Returns
+    -------
+    DifferentialPrivacy
+        ``config`` itself.
+
+    Raises
+    ------
+    TypeError
+        If ``config`` is not a :class:`DifferentialPrivacy`.
+    ValueError
+        If one of its settings is out of range (:meth:`DifferentialPrivacy.check`).
+
+    Examples
+    --------
+    >>> check_config(DifferentialPrivacy(noise_multiplier=1.0)).noise_multiplier
+    1.0
+    """
     if not isinstance(config, DifferentialPrivacy):
         raise TypeError(f"privacy must be None or a pfedest.privacy.DifferentialPrivacy, got {config!r}.")
     config.check()
+    return config
+
+
+def check_privacy_settings(est) -> None:
+    """Refuse estimator settings a private fit cannot honour (called by ``fit`` when ``privacy`` is set)."""
+    check_config(est.privacy)
     if getattr(est, "guard", None) is not None:
         # the guard's fallback is the average of the personal parts, released unclipped and without
         # noise, and its refit trains (and releases) a second time: the epsilon would cover neither

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..core.privacy import PrivateSum, clip_deltas
 from ..core.types import Params
-from ..privacy import DifferentialPrivacy, PrivateTraining, epsilon_of
+from ..privacy import DifferentialPrivacy, PrivateTraining, check_config, epsilon_of
 
 __all__ = ["check_flower_privacy", "clip_update", "ServerPrivacy"]
 
@@ -63,9 +63,7 @@ def check_flower_privacy(config, guard: str = "") -> Optional[DifferentialPrivac
     """
     if config is None:
         return None
-    if not isinstance(config, DifferentialPrivacy):
-        raise TypeError(f"privacy must be None or a pfedest.privacy.DifferentialPrivacy, got {config!r}.")
-    config.check()
+    check_config(config)
     if config.target_quantile is not None:
         raise ValueError("The Flower app does not run adaptive clipping (target_quantile="
                          f"{config.target_quantile!r}): its count of the clients within the clip would need every "
