@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .core.algorithms import ALGORITHMS, StepSizes
 from .core.compiling import choose_compile
 from .core.engine import auto_chunk_size, bytes_per_client, make_engine
-from .core.model import Criterion, cross_entropy, make_loss, mean_loss
+from .core.model import Criterion, make_loss, mean_loss
 from .core.precision import autocast_loss
 from .core.rounds import run_round
 from .core.sampling import RoundKeys, n_sampled, sample_clients
@@ -31,11 +31,11 @@ from .nn.splits import make_split
 from .privacy import PrivateTraining
 
 
-def run_plan(est, fit: FitState, plan: list, data: ClientData, callbacks, valid: ClientData = None,
-             criterion: Criterion = None) -> None:
+def run_plan(est, fit: FitState, plan: list, data: ClientData, callbacks, valid: ClientData = None, *,
+             criterion: Criterion) -> None:
     """Run the stages of ``plan`` (``[stage, rounds]`` pairs) on ``data`` with the callbacks' hooks.
 
-    ``criterion`` is the loss the estimator trains (its head decides: cross-entropy when ``None``).
+    ``criterion`` is the loss the estimator trains (its head decides).
 
     ``fit.progress`` counts the rounds done in each stage; a checkpoint restored by a callback in
     ``on_train_begin`` sets it, and the plan continues from there. ``valid`` (rows held out of each
@@ -46,7 +46,7 @@ def run_plan(est, fit: FitState, plan: list, data: ClientData, callbacks, valid:
     try:
         for cb in callbacks:
             cb.on_train_begin(est)
-        _run_stages(est, fit, data, callbacks, criterion or cross_entropy(2))
+        _run_stages(est, fit, data, callbacks, criterion)
         for cb in callbacks:
             cb.on_train_end(est)
     finally:
@@ -146,10 +146,9 @@ def _end_watch(est, fit: FitState, n_rounds: int) -> None:
                       ConvergenceWarning, stacklevel=2)
 
 
-def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Criterion = None):
+def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Criterion):
     """A function ``(round_index, n_rounds) -> record`` that runs one round of ``stage`` (``criterion``:
-    the loss, cross-entropy when ``None``)."""
-    criterion = criterion or cross_entropy(2)
+    the loss)."""
     base = autocast_loss(make_loss(est.module_, dict(est.module_.named_buffers()), data.X, data.y, criterion),
                          est.device_, est.precision)
     present = np.flatnonzero(data.counts)
