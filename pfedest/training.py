@@ -7,6 +7,7 @@ function that runs one round of a stage with :func:`pfedest.core.rounds.run_roun
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -21,6 +22,7 @@ from .core.compiling import choose_compile
 from .core.engine import auto_chunk_size, bytes_per_client, make_engine
 from .core.model import Criterion, make_loss, mean_loss
 from .core.precision import autocast_loss
+from .core.reparametrize import ModuleCall
 from .core.rounds import run_round
 from .core.sampling import RoundKeys, n_sampled, sample_clients
 from .core.schedules import make_schedule
@@ -163,7 +165,10 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
         # evaluating the model mid-stage see it.
         algorithm, sampled_per_round = ALGORITHMS["fedsim"], n_sampled(est.clients_per_round, len(present))
         fixed = {} if together else {k: v[0] for k, v in est.personal_params_.items()}
-        loss = lambda shared, personal, idx, mask: base(shared, fixed, idx, mask)  # noqa: E731
+
+        @functools.wraps(base)  # keeps what the loss declares (mask_optional)
+        def loss(shared, personal, idx, mask):
+            return base(shared, fixed, idx, mask)
         personal_state = {}
 
         def merge_pretrained(new_shared):
@@ -200,8 +205,8 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
 
     # the loss of the stage's first round in this model's history: a later one far above it diverged
     reference = next((r["train_loss"] for r in est.history_ if r["stage"] == stage), None)
-    # a few training rows whose outputs must stay finite (their logits can overflow with finite weights)
-    probe = None if stage == "pretrain" else _probe_rows(data)
+    # the model after each round is scored on some of its clients' rows
+    probe = None if stage == "pretrain" else (ModuleCall(est.module_), dict(est.module_.named_buffers()))
 
     def run_one(round_index, n_rounds):
         nonlocal reference
@@ -228,7 +233,7 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
             hint = "" if private is None else private.divergence_hint()
             raise FloatingPointError(f"Training diverged in round {round_number} ({stage}): {problem} The model is "
                                      f"kept as it was after round {round_number - 1}.{hint}")
-        probe_loss = 0.0 if problem or probe is None else _probe_loss(est, shared, probe, criterion)
+        probe_loss = 0.0 if problem or probe is None else _probe_loss(est, shared, data, sampled, criterion, probe)
         if not math.isfinite(probe_loss) or probe_loss > _limit(criterion, reference):
             problem = (f"the model's loss on its training rows became {probe_loss:.4g} after the round although every "
                        f"parameter is finite. Lower lr (now {lr.shared:g}), server_lr (now {est.server_lr:g}) or "
@@ -257,19 +262,27 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
     return run_one
 
 
-def _probe_rows(data: ClientData, n: int = 256):
-    """Up to ``n`` rows spread over the data: rows, labels, and the client of each."""
-    index = np.unique(np.linspace(0, len(data.X) - 1, num=min(n, len(data.X))).astype(int))
-    rows = torch.as_tensor(data.row_clients()[index], device=data.X.device)
-    index = torch.as_tensor(index, device=data.X.device)
-    return data.X[index], data.y[index], rows
-
-
-def _probe_loss(est, shared, probe, criterion: Criterion) -> float:
-    """The loss of the model after a round on the probe rows: it can overflow with finite weights."""
-    X, y, rows = probe
-    return mean_loss(est.module_, dict(est.module_.named_buffers()), shared, est.personal_params_, X, y, rows,
-                     criterion)
+def _probe_loss(est, shared, data: ClientData, sampled: np.ndarray, criterion: Criterion, probe,
+                n: int = 256) -> float:
+    """The loss of the model after a round on up to ``n`` rows spread over its clients' rows: the
+    logits can overflow with finite weights. The round moved the shared part and these clients'
+    personal parts, and its own clients' rows show both; their number grows with the round's work,
+    so a round of one client pays for one small forward pass (the whole data's would cost as much as
+    that client's local steps). ``probe``: the module's ``ModuleCall`` and buffers."""
+    counts = data.counts[sampled]
+    total = int(counts.sum())
+    if total == 0:  # Poisson sampling (privacy) can sample nobody
+        return 0.0
+    k = min(n, total)
+    position = np.arange(k) * (total - 1) // max(k - 1, 1)  # k distinct rows of ``total``, evenly spread
+    ends = np.cumsum(counts)
+    which = np.searchsorted(ends, position, side="right")  # each row's place in ``sampled``
+    rows = data.offsets[sampled][which] + position - (ends - counts)[which]
+    device = data.X.device
+    index = torch.as_tensor(rows, device=device)
+    call, buffers = probe
+    return mean_loss(est.module_, buffers, shared, est.personal_params_, data.X[index], data.y[index],
+                     torch.as_tensor(sampled[which], device=device), criterion, call=call)
 
 
 def _limit(criterion: Criterion, reference) -> float:

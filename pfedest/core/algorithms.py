@@ -24,7 +24,8 @@ from .types import Params
 
 Stats = Tuple[torch.Tensor, torch.Tensor]  # (sum of row losses, number of rows)
 Stream = Sequence[Tuple[torch.Tensor, torch.Tensor]]  # one (idx, mask) minibatch per step
-# loss(shared, personal, idx, mask) -> (mean loss, stats)
+# loss(shared, personal, idx, mask) -> (mean loss, stats); mask=None (every row real) only for a loss
+# marked ``mask_optional`` (pfedest.core.model.make_loss), from the loop engine
 LossFn = Callable[[Params, Params, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Stats]]
 # step(shared, personal, idx, mask, lr_shared, lr_personal) -> (shared, personal, stats)
 Step = Callable[..., Tuple[Params, Params, Stats]]
@@ -115,7 +116,7 @@ def sgd_gradients(loss: LossFn, shared: Params, personal: Params, idx: torch.Ten
         anchor = personal_anchor or {}
         # Zero on a fully masked step (padding of a client with fewer steps): such a step must
         # change nothing, penalty included. A product, not a branch, so that it vmaps.
-        weight = personal_l2 * (mask.sum() > 0).to(mask.dtype)
+        weight = personal_l2 if mask is None else personal_l2 * (mask.sum() > 0).to(mask.dtype)
         grads[1] = {k: g + weight * (personal[k] - anchor[k] if k in anchor else personal[k])
                     for k, g in grads[1].items()}
     if clip is not None:

@@ -88,10 +88,13 @@ def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params
     return "vmap"
 
 
-def _trim(idx: torch.Tensor, mask: torch.Tensor):
-    """One client's minibatches as a list, without the trailing fully masked steps (no-ops)."""
-    real = int((mask.sum(-1) > 0).nonzero().max()) + 1 if mask.any() else 0
-    return [(idx[s], mask[s]) for s in range(real)]
+def _trim(idx: torch.Tensor, mask: torch.Tensor, mask_optional: bool = False):
+    """One client's minibatches as a list, without the trailing fully masked steps (no-ops); with
+    ``mask_optional``, a step without padding gets ``mask=None``."""
+    rows = (mask > 0).sum(-1).tolist()
+    real = max((s + 1 for s, n in enumerate(rows) if n), default=0)
+    full = mask.shape[-1]
+    return [(idx[s], None if mask_optional and rows[s] == full else mask[s]) for s in range(real)]
 
 
 def _stack(dicts):
@@ -128,6 +131,8 @@ class LoopEngine:
 
     def __init__(self, loss, **step_options):
         self._step = partial(sgd_step, loss, **step_options)
+        # a loss that takes mask=None is spared the masked reduction on minibatches without padding
+        self._mask_optional = bool(getattr(loss, "mask_optional", False))
 
     def local_updates(self, algorithm: Algorithm, shared: Params, personal: Params, streams, lr: StepSizes):
         """Run ``algorithm``'s local update for each client of the chunk.
@@ -138,7 +143,7 @@ class LoopEngine:
         """
         outs = []
         for c in range(next(iter(streams.values()))[0].shape[0]):
-            mine = {name: _trim(idx[c], mask[c]) for name, (idx, mask) in streams.items()}
+            mine = {name: _trim(idx[c], mask[c], self._mask_optional) for name, (idx, mask) in streams.items()}
             outs.append(algorithm.local_update(self._step, shared, {k: v[c] for k, v in personal.items()},
                                                mine, lr))
         totals = tuple(torch.stack([torch.as_tensor(o[2][i]) for o in outs]) for i in range(2))

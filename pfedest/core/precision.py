@@ -8,6 +8,8 @@ stay float32; only the forward and backward arithmetic of the loss runs in bfloa
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = ["PRECISIONS", "autocast_loss"]
@@ -50,6 +52,7 @@ def autocast_loss(loss, device: torch.device, precision: str = "fp32"):
         raise ValueError(f"Unknown precision {precision!r}; expected one of {PRECISIONS}.")
     device_type = torch.device(device).type
 
+    @functools.wraps(loss)  # keeps what the loss declares (mask_optional)
     def mixed(shared, personal, idx, mask):
         with torch.autocast(device_type, dtype=torch.bfloat16):
             mean, (total, count) = loss(shared, personal, idx, mask)
