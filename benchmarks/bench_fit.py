@@ -8,7 +8,8 @@ of ``max(--population, clients)``.
 For each size one ``fit`` runs ``--warmup + --rounds`` rounds. A callback times each of its rounds
 (``on_round_begin`` to ``on_round_end``: sampling, draws, local updates, averaging, the divergence
 checks and the history record) and, after each one, runs one round of every other contender on its
-own copy of the state, so all contenders are interleaved round by round in one process:
+own copy of the state, so all contenders are interleaved round by round in one process (the loop
+first in every other round: what runs just before a contender warms or cools the caches for it):
 
 - ``engine``: :func:`pfedest.core.rounds.run_round` with the engine and compile setting the fit
   resolved, the same keyed draws (``RoundKeys``) and client sampling as the fit.
@@ -271,20 +272,26 @@ class SizeRunner:
             self.setup(est)
             self.others = True
         m, d = self.work.m, est.device_
+        # Every other round the loop runs first: what runs just before a contender leaves the caches
+        # warm or cold for it, and the fit's round always follows the last of these.
+        order = ("loop", "engine") if round_number % 2 else ("engine", "loop")
         with torch.enable_grad():
-            sync(d)
-            tic = time.perf_counter()
-            self.engine.round(self.states["engine"], round_number, m)
-            sync(d)
-            self.engine_times.append(time.perf_counter() - tic)
-            self.phase_times.append(self.engine.phases(self.states["phases"], round_number, m))
-            if self.loop is not None:
-                tic, cpu_tic = time.perf_counter(), time.thread_time()
-                scale = self.loop.round(self.states["loop"], round_number, m)
-                sync(d)
-                self.loop_times.append((time.perf_counter() - tic) * scale)
-                self.loop_cpu.append((time.thread_time() - cpu_tic) * scale)
-                self.loop_scale = scale
+            for contender in order:
+                if contender == "engine":
+                    sync(d)
+                    tic = time.perf_counter()
+                    self.engine.round(self.states["engine"], round_number, m)
+                    sync(d)
+                    self.engine_times.append(time.perf_counter() - tic)
+                    self.phase_times.append(self.engine.phases(self.states["phases"], round_number, m))
+                elif self.loop is not None:
+                    sync(d)
+                    tic, cpu_tic = time.perf_counter(), time.thread_time()
+                    scale = self.loop.round(self.states["loop"], round_number, m)
+                    sync(d)
+                    self.loop_times.append((time.perf_counter() - tic) * scale)
+                    self.loop_cpu.append((time.thread_time() - cpu_tic) * scale)
+                    self.loop_scale = scale
 
     def run(self):
         args = self.args
