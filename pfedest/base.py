@@ -392,6 +392,7 @@ class PersonalizedEstimator(BaseEstimator):
             torch.manual_seed(seed)
             network = build_module(self.module, self.input_shape_, n_outputs, self.hidden_layer_sizes)
             module, personal_names = make_split(self.split).resolve(network)
+        module.eval()  # trained in training mode only inside local steps (pfedest.core.model.training)
         with torch.no_grad():
             try:
                 out = module(torch.as_tensor(np.array(X[:1]), dtype=_dtype(module)))

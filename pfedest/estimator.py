@@ -27,7 +27,9 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         CNN for images ``(n, C, H, W)`` or ``(n, H, W)``. A module instance is copied, its weights are
         the starting point. A callable (a module class or a factory) is called as
         ``module(n_features, n_classes)``, where ``n_features`` is an int for 2-D ``X`` and the shape
-        of one row otherwise.
+        of one row otherwise. Only the clients' local steps run it in training mode (dropout masks
+        keyed by ``random_state``, batch norm on each minibatch's real rows); predictions and the
+        losses a fit reports use evaluation mode. Such layers make the CPU train clients one by one.
     split : str, list of str, callable or Split, default="head"
         Which parameters are personal: ``"head"`` (output layer), ``"input"`` (first layer),
         ``"adapters"`` (residual adapters inserted after each hidden layer), ``"full"`` (everything:

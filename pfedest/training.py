@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 from .core.algorithms import ALGORITHMS, StepSizes
 from .core.compiling import choose_compile
 from .core.engine import auto_chunk_size, bytes_per_client, make_engine
-from .core.model import Criterion, make_loss, mean_loss
+from .core.model import Criterion, make_loss, mean_loss, training
 from .core.precision import autocast_loss
 from .core.reparametrize import ModuleCall
 from .core.rounds import run_round
-from .core.sampling import RoundKeys, n_sampled, sample_clients
+from .core.sampling import DROPOUT_STREAM, RoundKeys, n_sampled, sample_clients
 from .core.schedules import make_schedule
 from .core.server import make_server_optimizer
 from .core.stopping import Plateau
@@ -219,11 +219,13 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
         sampled = sample_clients(rng, present, sampled_per_round) if private is None else private.sample(rng, present)
         average = None if private is None else private.aggregator(shared_in(), fit.seed, round_number)
         before = {k: v[sampled].clone() for k, v in personal_state.items()}  # to undo a round that diverged
-        shared, result = run_round(
-            algorithm=algorithm, engine=engine, shared=shared_in(), personal_state=personal_state,
-            counts=data.counts, offsets=data.offsets, sampled=sampled, rng=RoundKeys(fit.seed, round_number),
-            batch_size=est.batch_size, steps=steps, lr=lr, chunk_size=chunk_size, device=est.device_,
-            aggregate=aggregate, server_optimizer=server, weights=weights, average=average)
+        # dropout and batch statistics in the local steps only; dropout's masks keyed like the minibatches
+        with training(est.module_, RoundKeys(fit.seed, round_number).stream_key(DROPOUT_STREAM), est.device_):
+            shared, result = run_round(
+                algorithm=algorithm, engine=engine, shared=shared_in(), personal_state=personal_state,
+                counts=data.counts, offsets=data.offsets, sampled=sampled, rng=RoundKeys(fit.seed, round_number),
+                batch_size=est.batch_size, steps=steps, lr=lr, chunk_size=chunk_size, device=est.device_,
+                aggregate=aggregate, server_optimizer=server, weights=weights, average=average)
         loss = result.loss_sum / max(result.row_count, 1.0)  # 0 when Poisson sampling sampled nobody
         problem = _divergence(est, result, loss, reference, shared, {k: v[sampled] for k, v in personal_state.items()},
                               lr, criterion)

@@ -119,14 +119,15 @@ class Spy:
     mask_optional = True
 
     def __init__(self, loss):
-        self.loss, self.masks = loss, []
+        self.loss, self.masks, self.rows = loss, [], []
 
     def __call__(self, shared, personal, idx, mask):
         self.masks.append(mask)
+        self.rows.append(idx.tolist())
         return self.loss(shared, personal, idx, mask)
 
 
-def test_the_loop_engine_passes_no_mask_only_for_minibatches_without_padding():
+def test_the_loop_engine_passes_each_minibatch_as_its_real_rows_without_a_mask():
     torch.manual_seed(0)
     module = MLP(4, 3, (5,))
     X, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
@@ -142,7 +143,8 @@ def test_the_loop_engine_passes_no_mask_only_for_minibatches_without_padding():
     lr = StepSizes(0.1, 0.1)
     plain = LoopEngine(make_loss(module, {}, X, y)).local_updates(ALGORITHMS["fedsim"], shared, personal, streams, lr)
     spied = LoopEngine(spy).local_updates(ALGORITHMS["fedsim"], shared, personal, streams, lr)
-    assert [m is None for m in spy.masks] == [True, True, False]
+    # client 0: its first step (its second, all padding, is left out); client 1: both, without the padded row
+    assert spy.masks == [None, None, None] and spy.rows == [[0, 1, 2], [6, 7, 8], [9, 10]]
     for ours, theirs in zip(spied[:2], plain[:2]):
         for k in ours:
             torch.testing.assert_close(ours[k], theirs[k], rtol=1e-6, atol=1e-7)

@@ -89,12 +89,27 @@ def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params
 
 
 def _trim(idx: torch.Tensor, mask: torch.Tensor, mask_optional: bool = False):
-    """One client's minibatches as a list, without the trailing fully masked steps (no-ops); with
-    ``mask_optional``, a step without padding gets ``mask=None``."""
+    """One client's minibatches as a list, without the trailing fully masked steps (no-ops).
+
+    With ``mask_optional`` (a loss that counts every row it is given when ``mask=None``) each step is
+    its real rows alone: the same mean, without the masked reduction, and batch statistics (batch
+    norm) see no padding rows. Fully masked steps, no-ops either way, are left out."""
     rows = (mask > 0).sum(-1).tolist()
-    real = max((s + 1 for s, n in enumerate(rows) if n), default=0)
+    if not mask_optional:
+        real = max((s + 1 for s, n in enumerate(rows) if n), default=0)
+        return [(idx[s], mask[s]) for s in range(real)]
     full = mask.shape[-1]
-    return [(idx[s], None if mask_optional and rows[s] == full else mask[s]) for s in range(real)]
+    return [(idx[s] if n == full else idx[s][mask[s] > 0], None) for s, n in enumerate(rows) if n]
+
+
+def _add_note(exc: Exception, sizes: list) -> None:
+    """Say where an error of the network came from (Python 3.11+ prints notes under the message)."""
+    if not hasattr(exc, "add_note"):
+        return
+    hint = (" A minibatch of 1 row cannot train a layer that needs several (BatchNorm1d): change batch_size so "
+            "that no client's rows leave 1 over, or set personal_steps/shared_steps (minibatches of "
+            "min(batch_size, rows) rows)." if 1 in sizes else "")
+    exc.add_note(f"pfedest: raised in a client's local steps, on minibatches of {sizes} rows.{hint}")
 
 
 def _stack(dicts):
@@ -144,8 +159,12 @@ class LoopEngine:
         outs = []
         for c in range(next(iter(streams.values()))[0].shape[0]):
             mine = {name: _trim(idx[c], mask[c], self._mask_optional) for name, (idx, mask) in streams.items()}
-            outs.append(algorithm.local_update(self._step, shared, {k: v[c] for k, v in personal.items()},
-                                               mine, lr))
+            try:
+                outs.append(algorithm.local_update(self._step, shared, {k: v[c] for k, v in personal.items()},
+                                                   mine, lr))
+            except Exception as exc:
+                _add_note(exc, sorted({len(i) for steps in mine.values() for i, _ in steps}))
+                raise
         totals = tuple(torch.stack([torch.as_tensor(o[2][i]) for o in outs]) for i in range(2))
         return _stack([o[0] for o in outs]), _stack([o[1] for o in outs]), totals
 

@@ -26,6 +26,10 @@ _BLOCK_WORDS = 1 << 15  # 256 KiB of uint64 per temporary
 #: the hash to other array libraries (:mod:`pfedest.core.torch_draws`).
 SPLITMIX64 = (int(_GOLDEN), int(_M1), int(_M2))
 
+#: The stream of a round's keys (:class:`RoundKeys`) that seeds the dropout masks of its local steps;
+#: each algorithm numbers its minibatch streams from 0.
+DROPOUT_STREAM = 2**32
+
 
 def _mix(z: np.ndarray) -> np.ndarray:
     """splitmix64's finalizer, elementwise on a uint64 array (a bijection of 64-bit words)."""

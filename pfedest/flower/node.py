@@ -28,9 +28,9 @@ import torch
 
 from ..core.algorithms import ALGORITHMS
 from ..core.engine import make_engine
-from ..core.model import make_loss, personalized_logits
+from ..core.model import make_loss, personalized_logits, training
 from ..core.rounds import RoundResult, client_updates, draw_batches
-from ..core.sampling import RoundKeys
+from ..core.sampling import DROPOUT_STREAM, RoundKeys
 from ..core.types import Params
 from ..validation import encode_labels
 from .guard import decision_file, node_decision, split_fallback, train_rows, with_fallback, write_decision
@@ -113,8 +113,11 @@ def local_round(template, X: np.ndarray, y: np.ndarray, shared: Params, personal
     # estimator keys that client's, and it sends its own shared parameters (a mean of one).
     batches = draw_batches(ALGORITHMS[settings.algorithm], RoundKeys(settings.seed, server_round),
                            np.array([len(X)]), settings.batch_size, settings.steps(), keys=np.array([partition_id]))
-    new_shared, result = client_updates(ALGORITHMS[settings.algorithm], engine, dict(shared), state, np.array([0]),
-                                        batches, np.array([0]), settings.step_sizes(server_round), weights=np.ones(1))
+    # dropout masks keyed by the round and this node (not the simulator's: there clients share a round's seed)
+    with training(module, int(RoundKeys(settings.seed, server_round).uniforms(DROPOUT_STREAM, [partition_id]).keys[0])):
+        new_shared, result = client_updates(ALGORITHMS[settings.algorithm], engine, dict(shared), state,
+                                            np.array([0]), batches, np.array([0]), settings.step_sizes(server_round),
+                                            weights=np.ones(1))
     if not result.finite:
         raise FloatingPointError(f"Node {partition_id}: the loss became NaN or infinite in round {server_round}; "
                                  f"nothing is sent. Lower lr (now {settings.lr}) or scale the features.")

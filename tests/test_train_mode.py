@@ -1,0 +1,105 @@
+"""Networks with dropout or batch norm: local steps in training mode, everything else in evaluation mode.
+
+A stranger's network often has either layer. Before, batch norm failed on the estimator's one-row
+shape check, and dropout trained but could not predict (random masks inside the per-row vmap).
+"""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from pfedest import PartialPersonalizedClassifier
+from pfedest.flower import RunSettings, local_round, run_config_for
+
+
+class Net(nn.Module):
+    """Linear, then batch norm or dropout, then a head; records the mode of every forward pass."""
+
+    def __init__(self, n_features, n_classes, layer="dropout", p=0.5):
+        super().__init__()
+        middle = nn.BatchNorm1d(16) if layer == "batchnorm" else nn.Dropout(p)
+        self.body = nn.Sequential(nn.Linear(n_features, 16), middle, nn.ReLU())
+        self.head = nn.Linear(16, n_classes)
+        self.modes = []
+
+    def forward(self, x):
+        self.modes.append(self.training)
+        return self.head(self.body(x))
+
+
+def digits(n_clients=4, n=400):
+    X, y = load_digits(return_X_y=True)
+    return X[:n] / 16, y[:n], np.arange(n) % n_clients
+
+
+def fitted(layer, random_state=0, p=0.5, **params):
+    X, y, c = digits()
+    est = PartialPersonalizedClassifier(module=lambda f, k: Net(f, k, layer, p), split="head", n_rounds=3,
+                                        clients_per_round=2, random_state=random_state, tol=None, **params)
+    return est.fit(X, y, c), (X, y, c)
+
+
+@pytest.mark.parametrize("layer", ["dropout", "batchnorm"])
+def test_a_network_with_dropout_or_batch_norm_fits_and_predicts_the_same_twice(layer):
+    est, (X, y, c) = fitted(layer)
+    modes = est.module_.modes
+    assert True in modes and False in modes  # local steps trained, the probe evaluated
+    est.module_.modes.clear()
+    first, again, one_row = est.predict_proba(X, c), est.predict_proba(X, c), est.predict_proba(X[:1], c[:1])
+    assert est.module_.modes and not any(est.module_.modes)  # predictions in evaluation mode
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_allclose(first[:1], one_row, rtol=1e-6)  # a row alone: no batch statistics
+    assert not est.module_.training and est.score(X, y, c) > 0.2  # 3 rounds: well above chance (0.1)
+
+
+def test_batch_norm_learns_running_statistics_in_the_local_steps_and_predicting_leaves_them():
+    est, (X, y, c) = fitted("batchnorm")
+    norm = est.module_.body[1]
+    assert norm.num_batches_tracked > 0 and not torch.allclose(norm.running_mean, torch.zeros(16))
+    before = {k: v.clone() for k, v in est.module_.named_buffers()}
+    est.predict(X, c)
+    for k, v in est.module_.named_buffers():
+        assert torch.equal(v, before[k]), k
+
+
+def test_dropout_masks_follow_random_state_and_leave_the_global_generator_alone():
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    one, _ = fitted("dropout", random_state=0)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    again, _ = fitted("dropout", random_state=0)
+    other, _ = fitted("dropout", random_state=1)
+    no_dropout, _ = fitted("dropout", random_state=0, p=0.0)
+    name = "body.0.weight"
+    assert torch.equal(one.shared_params_[name], again.shared_params_[name])
+    assert not torch.equal(one.shared_params_[name], other.shared_params_[name])
+    assert not torch.equal(one.shared_params_[name], no_dropout.shared_params_[name])  # dropout was on
+
+
+def test_a_one_row_minibatch_through_batch_norm_is_refused_with_the_setting_to_change():
+    rng = np.random.default_rng(0)
+    X, y, c = rng.normal(size=(66, 5)), np.arange(66) % 2, np.repeat([0, 1], 33)  # 33 = 32 + 1
+    est = PartialPersonalizedClassifier(module=lambda f, k: Net(f, k, "batchnorm"), split="head", n_rounds=2,
+                                        random_state=0, tol=None)
+    with pytest.raises(ValueError, match="more than 1 value per channel") as caught:
+        est.fit(X, y, c)
+    if sys.version_info >= (3, 11):
+        assert "minibatches of [1, 32] rows" in caught.value.__notes__[0] and "batch_size" in caught.value.__notes__[0]
+    est.set_params(batch_size=33)
+    assert len(est.fit(X, y, c).history_) == 2
+
+
+def test_a_flower_node_trains_in_training_mode_and_keeps_the_template_in_evaluation_mode():
+    est, (X, y, c) = fitted("dropout")
+    settings = RunSettings.from_config(run_config_for(est))
+    personal = {k: v[0] for k, v in est.personal_params_.items()}
+    est.module_.modes.clear()
+    runs = [local_round(est, X[c == 0], y[c == 0], est.shared_params_, personal, settings, server_round=2,
+                        partition_id=0)[0] for _ in range(2)]
+    assert all(est.module_.modes) and not est.module_.training
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k  # the node's dropout masks are keyed too
