@@ -1,5 +1,8 @@
 """ModuleCall gives functional_call's outputs and gradients; the loss's unmasked path equals the masked one."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -163,3 +166,41 @@ def test_mean_loss_per_client_run_equals_the_per_row_loss(runs, seed):
     X, y = torch.randn(len(rows), 4), torch.randint(0, 3, (len(rows),))
     per_row = torch.nn.functional.cross_entropy(personalized_logits(module, {}, shared, personal, X, rows), y)
     assert np.isclose(mean_loss(module, {}, shared, personal, X, y, rows), float(per_row), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- two threads, one module
+class Slow(nn.Module):
+    """A head after a pause: a call that swapped its tensors holds them long enough for a race to show."""
+
+    def __init__(self, n_features, n_classes):
+        super().__init__()
+        self.body, self.head = nn.Linear(n_features, 8), nn.Linear(8, n_classes)
+
+    def forward(self, x):
+        hidden = torch.relu(self.body(x))
+        time.sleep(0.002)
+        return self.head(hidden)
+
+
+def test_predictions_served_from_several_threads_at_once_equal_the_sequential_ones():
+    from sklearn.datasets import load_digits
+
+    from pfedest import PartialPersonalizedClassifier
+
+    X, y = load_digits(return_X_y=True)
+    X, y, c = X[:300] / 16, y[:300], np.arange(300) % 4
+    est = PartialPersonalizedClassifier(module=Slow, n_rounds=3, random_state=0, tol=None).fit(X, y, c)
+    expected = {k: est.predict_proba(X[:20], np.full(20, k)) for k in range(4)}
+    wrong = []
+
+    def serve(k):
+        for _ in range(3):
+            got = est.predict_proba(X[:20], np.full(20, k))
+            wrong.extend([k] if not np.allclose(got, expected[k], rtol=0, atol=1e-7) else [])
+
+    threads = [threading.Thread(target=serve, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []

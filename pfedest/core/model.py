@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from .reparametrize import ModuleCall
 from .types import Params
@@ -215,11 +215,12 @@ def personalized_logits(module: nn.Module, buffers: Params, shared: Params, pers
     tensor([[0., 1.],
             [1., 0.]])
     """
+    call = ModuleCall(module)  # also takes the module's lock: predictions from several threads take turns
     if not personal:
-        return functional_call(module, (shared, buffers), (X,))
+        return call({**buffers, **shared}, X)
 
     def one_row(v: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(module, ({**shared, **v}, buffers), (x[None],))[0]
+        return call({**buffers, **shared, **v}, x[None])[0]
 
     per_row = sum(p[0].numel() for p in personal.values())
     chunk = max(1, max_elements // max(per_row, 1))
