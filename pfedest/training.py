@@ -7,6 +7,7 @@ function that runs one round of a stage with :func:`pfedest.core.rounds.run_roun
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from .core.algorithms import ALGORITHMS, StepSizes
 from .core.compiling import choose_compile
 from .core.engine import auto_chunk_size, bytes_per_client, make_engine
-from .core.model import Criterion, make_loss, mean_loss, training
+from .core.model import Criterion, make_loss, mean_loss, needs_training_mode, training
 from .core.precision import autocast_loss
 from .core.reparametrize import ModuleCall
 from .core.rounds import run_round
@@ -205,6 +206,7 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
 
     # the loss of the stage's first round in this model's history: a later one far above it diverged
     reference = next((r["train_loss"] for r in est.history_ if r["stage"] == stage), None)
+    switch_mode = needs_training_mode(est.module_)
     # the model after each round is scored on some of its clients' rows
     probe = None if stage == "pretrain" else (ModuleCall(est.module_), dict(est.module_.named_buffers()))
 
@@ -220,7 +222,9 @@ def stage_runner(est, fit: FitState, stage: str, data: ClientData, criterion: Cr
         average = None if private is None else private.aggregator(shared_in(), fit.seed, round_number)
         before = {k: v[sampled].clone() for k, v in personal_state.items()}  # to undo a round that diverged
         # dropout and batch statistics in the local steps only; dropout's masks keyed like the minibatches
-        with training(est.module_, RoundKeys(fit.seed, round_number).stream_key(DROPOUT_STREAM), est.device_):
+        mode = (training(est.module_, RoundKeys(fit.seed, round_number).stream_key(DROPOUT_STREAM), est.device_)
+                if switch_mode else contextlib.nullcontext())
+        with mode:
             shared, result = run_round(
                 algorithm=algorithm, engine=engine, shared=shared_in(), personal_state=personal_state,
                 counts=data.counts, offsets=data.offsets, sampled=sampled, rng=RoundKeys(fit.seed, round_number),

@@ -103,3 +103,17 @@ def test_a_flower_node_trains_in_training_mode_and_keeps_the_template_in_evaluat
     assert all(est.module_.modes) and not est.module_.training
     for k in runs[0]:
         assert torch.equal(runs[0][k], runs[1][k]), k  # the node's dropout masks are keyed too
+
+
+def test_only_networks_whose_layers_can_depend_on_the_mode_are_switched():
+    from pfedest.core.model import needs_training_mode
+    from pfedest.nn.modules import MLP, default_module
+    from pfedest.nn.splits import make_split
+
+    class MyMLP(MLP):  # a subclass may read self.training in its forward: it must say mode_free itself
+        pass
+
+    adapted, _ = make_split("adapters").resolve(MLP(4, 3, (8,)))
+    assert not needs_training_mode(default_module((4,), 3, (8,))) and not needs_training_mode(adapted)
+    assert not needs_training_mode(default_module((1, 8, 8), 3, (8,)))
+    assert needs_training_mode(MyMLP(4, 3, (8,))) and needs_training_mode(Net(4, 3, "batchnorm"))

@@ -28,6 +28,8 @@ class MLP(nn.Module):
     (torch.Size([5, 3]), ['net.0.weight', 'net.0.bias', 'net.2.weight', 'net.2.bias'])
     """
 
+    mode_free = True  # its forward ignores self.training (pfedest.core.model.needs_training_mode)
+
     def __init__(self, n_features: int, n_classes: int, hidden_layer_sizes: Sequence[int] = (64, 64)):
         super().__init__()
         widths = [n_features, *hidden_layer_sizes]
@@ -60,6 +62,8 @@ class SmallCNN(nn.Module):
     >>> SmallCNN(1, 10, channels=(4, 8), hidden=16)(torch.zeros(2, 1, 8, 8)).shape
     torch.Size([2, 10])
     """
+
+    mode_free = True  # its forward ignores self.training (pfedest.core.model.needs_training_mode)
 
     def __init__(self, in_channels: int, n_classes: int, channels: Sequence[int] = (16, 32), hidden: int = 64):
         super().__init__()
@@ -134,6 +138,8 @@ def build_module(module, input_shape: tuple, n_classes: int, hidden_layer_sizes:
 
 
 class _AddChannel(nn.Module):
+    mode_free = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.unsqueeze(1)
 
@@ -158,6 +164,8 @@ class Adapter(nn.Module):
     >>> bool(torch.equal(Adapter(6, 2)(x), x))  # the identity before training
     True
     """
+
+    mode_free = True  # its forward ignores self.training (pfedest.core.model.needs_training_mode)
 
     def __init__(self, dim: int, width: int, conv: bool = False):
         super().__init__()
@@ -188,6 +196,8 @@ class AdaptedLayer(nn.Module):
     >>> bool(torch.equal(AdaptedLayer(layer, Adapter(4, 2))(x), layer(x)))
     True
     """
+
+    mode_free = True  # its forward ignores self.training (pfedest.core.model.needs_training_mode)
 
     def __init__(self, layer: nn.Module, adapter: Adapter):
         super().__init__()
