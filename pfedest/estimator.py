@@ -29,7 +29,7 @@ class PartialPersonalizedClassifier(ClassifierMixin, PersonalizedEstimator):
         ``module(n_features, n_classes)``, where ``n_features`` is an int for 2-D ``X`` and the shape
         of one row otherwise. Only the clients' local steps run it in training mode (dropout masks
         keyed by ``random_state``, batch norm on each minibatch's real rows); predictions and the
-        losses a fit reports use evaluation mode. Such layers make the CPU train clients one by one.
+        losses a fit reports use evaluation mode. Batch norm makes clients train one by one.
     split : str, list of str, callable or Split, default="head"
         Which parameters are personal: ``"head"`` (output layer), ``"input"`` (first layer),
         ``"adapters"`` (residual adapters inserted after each hidden layer), ``"full"`` (everything:

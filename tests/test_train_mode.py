@@ -38,8 +38,9 @@ def digits(n_clients=4, n=400):
 
 def fitted(layer, random_state=0, p=0.5, **params):
     X, y, c = digits()
+    params = {"clients_per_round": 2, **params}
     est = PartialPersonalizedClassifier(module=lambda f, k: Net(f, k, layer, p), split="head", n_rounds=3,
-                                        clients_per_round=2, random_state=random_state, tol=None, **params)
+                                        random_state=random_state, tol=None, **params)
     return est.fit(X, y, c), (X, y, c)
 
 
@@ -117,3 +118,32 @@ def test_only_networks_whose_layers_can_depend_on_the_mode_are_switched():
     assert not needs_training_mode(default_module((4,), 3, (8,))) and not needs_training_mode(adapted)
     assert not needs_training_mode(default_module((1, 8, 8), 3, (8,)))
     assert needs_training_mode(MyMLP(4, 3, (8,))) and needs_training_mode(Net(4, 3, "batchnorm"))
+
+
+def test_dropout_batches_over_clients_each_client_drawing_its_own_masks():
+    from pfedest.core.algorithms import ALGORITHMS, StepSizes
+    from pfedest.core.engine import make_engine
+    from pfedest.core.model import make_loss, training
+
+    torch.manual_seed(0)
+    net = Net(4, 3, "dropout")
+    X, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    shared = {k: v for k, v in params.items() if not k.startswith("head")}
+    personal = {k: v[None].expand(2, *v.shape).clone() for k, v in params.items() if k.startswith("head")}
+    same_rows = torch.arange(8).reshape(1, 1, 8).expand(2, 1, 8)  # two clients, identical data and start
+    streams = {"joint": (same_rows, torch.ones(2, 1, 8))}
+    engine = make_engine("vmap", make_loss(net, {}, X, y), shared)
+
+    def run(seed):
+        with training(net, seed):
+            return engine.local_updates(ALGORITHMS["fedsim"], shared, personal, streams, StepSizes(0.5, 0.5))
+
+    (u, v, _), (u_again, _, _) = run(7), run(7)
+    assert not torch.equal(v["head.weight"][0], v["head.weight"][1])  # their own masks
+    assert torch.equal(u["body.0.weight"], u_again["body.0.weight"])  # keyed by the seed
+    from pfedest.core.engine import choose_engine
+
+    cpu = torch.device("cpu")
+    assert choose_engine("auto", Net(4, 3, "dropout"), cpu, n_params=100, clients_per_round=10) == "vmap"
+    assert choose_engine("auto", Net(4, 3, "batchnorm"), cpu, n_params=100, clients_per_round=10) == "loop"

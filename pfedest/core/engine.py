@@ -33,9 +33,10 @@ CPU_VMAP_MAX_PARAMS = 500_000
 #: 1.05-4x (docs/guide/gpu.rst, "Measured defaults").
 CPU_VMAP_MIN_CLIENTS = 5
 
-#: Modules whose training-mode behaviour does not vectorize over clients (running statistics,
-#: random masks), so ``engine="auto"`` falls back to the loop for networks that contain them.
-_NOT_VECTORIZABLE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+#: Modules whose training-mode behaviour does not vectorize over clients (batch norm updates its
+#: running statistics in place), so ``engine="auto"`` falls back to the loop for networks that contain
+#: them. Dropout vectorizes: each client draws its own masks (``vmap(randomness="different")``).
+_NOT_VECTORIZABLE = (nn.modules.batchnorm._BatchNorm,)
 
 
 def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params: int,
@@ -47,7 +48,7 @@ def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params
     engine : {"auto", "loop", "vmap"}
         The engine asked for.
     module : torch.nn.Module
-        The network; batch norm or dropout rule out ``"vmap"``.
+        The network; batch norm rules out ``"vmap"``.
     device : torch.device
         Where training runs.
     n_params : int
@@ -67,7 +68,7 @@ def choose_engine(engine: str, module: nn.Module, device: torch.device, n_params
     >>> cpu = torch.device("cpu")
     >>> choose_engine("auto", torch.nn.Linear(3, 2), cpu, n_params=8)
     'vmap'
-    >>> choose_engine("auto", torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout()), cpu, 8)
+    >>> choose_engine("auto", torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)), cpu, 8)
     'loop'
     >>> choose_engine("auto", torch.nn.Linear(3, 2), cpu, n_params=8, clients_per_round=2)
     'loop'
@@ -231,7 +232,8 @@ class VmapEngine:
             else:
                 def one_client(shared, personal, idx, mask):
                     return self._loss(shared, personal, idx, mask)[1]
-            fn = vmap(one_client, in_dims=(0 if batched else None, 0, 0, 0))
+            # each client its own random numbers (dropout masks), from the generator the round seeded
+            fn = vmap(one_client, in_dims=(0 if batched else None, 0, 0, 0), randomness="different")
             if self._compile:
                 fn = compile_step(fn)
             self._batched_fns[key] = fn
