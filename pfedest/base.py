@@ -461,7 +461,8 @@ class PersonalizedEstimator(BaseEstimator):
         if "device_" in state:
             # The fitted device may be missing here (trained on a GPU, loaded without one).
             self.device_ = resolve_device(self.device_)
-            self.module_ = self.module_.to(self.device_)
+            # evaluation mode, as fit leaves it: pickles from before it did held the training mode
+            self.module_ = self.module_.to(self.device_).eval()
             self.shared_params_ = to_device(self.shared_params_, self.device_)
             self.personal_params_ = to_device(self.personal_params_, self.device_)
             if hasattr(self, "fallback_params_"):

@@ -31,6 +31,10 @@ class Net(nn.Module):
         return self.head(self.body(x))
 
 
+def dropout_net(n_features, n_classes):  # at module level: a fitted model pickles its factory
+    return Net(n_features, n_classes, "dropout")
+
+
 def digits(n_clients=4, n=400):
     X, y = load_digits(return_X_y=True)
     return X[:n] / 16, y[:n], np.arange(n) % n_clients
@@ -147,3 +151,15 @@ def test_dropout_batches_over_clients_each_client_drawing_its_own_masks():
     cpu = torch.device("cpu")
     assert choose_engine("auto", Net(4, 3, "dropout"), cpu, n_params=100, clients_per_round=10) == "vmap"
     assert choose_engine("auto", Net(4, 3, "batchnorm"), cpu, n_params=100, clients_per_round=10) == "loop"
+
+
+def test_an_unpickled_model_predicts_in_evaluation_mode_even_if_pickled_in_training_mode():
+    import pickle
+
+    X, y, c = digits()
+    est = PartialPersonalizedClassifier(module=dropout_net, n_rounds=2, random_state=0, tol=None).fit(X, y, c)
+    expected = est.predict_proba(X, c)
+    est.module_.train()  # as pickles written before the module was kept in evaluation mode
+    loaded = pickle.loads(pickle.dumps(est))
+    assert not loaded.module_.training
+    np.testing.assert_array_equal(loaded.predict_proba(X, c), expected)
