@@ -157,3 +157,36 @@ def test_client_report_example_saves_its_figure(tmp_path, capsys, load_example):
     assert out.stat().st_size > 10_000
     assert report.has_baseline and report.n_clients == 6
     assert "weighted_mean" in capsys.readouterr().out
+
+
+def test_a_regressors_report_is_drawn_in_r2_not_in_accuracy_points():
+    from sklearn.metrics import r2_score
+
+    y = np.array([0.0, 1.0, 2.0, 3.0, 0.0, 1.0, 2.0, 3.0])
+    c = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+
+    from sklearn.base import BaseEstimator, RegressorMixin
+
+    class Fixed(RegressorMixin, BaseEstimator):
+        def __init__(self, predictions):
+            self.predictions = np.asarray(predictions, dtype=float)
+
+        def predict(self, X, client_ids=None):
+            return self.predictions
+
+    model = Fixed([0.0, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0])
+    base = Fixed([0.5, 1.0, 1.5, 3.0, 0.0, 1.0, 2.0, 4.0])
+    report = client_report(model, np.zeros((8, 1)), y, c, baseline=base, as_frame=False)
+    assert report.metric == "r2"
+    change = [r2_score(y[c == k], model.predictions[c == k]) - r2_score(y[c == k], base.predictions[c == k])
+              for k in (0, 1)]
+    ax = plot_client_change(report)
+    assert [bar.get_height() for bar in ax.patches] == pytest.approx(sorted(change))
+    assert "R² change" in ax.get_ylabel() and "points" not in ax.get_ylabel()
+    assert f"mean {np.mean(change):+.3f}" in lines_by_label(ax)
+    ax = plot_client_scatter(report)
+    offsets = np.concatenate([col.get_offsets() for col in ax.collections])
+    expected = [(r2_score(y[c == k], base.predictions[c == k]), r2_score(y[c == k], model.predictions[c == k]))
+                for k in (0, 1)]
+    np.testing.assert_allclose(sorted(map(tuple, offsets)), sorted(expected))
+    assert ax.get_xlabel() == "baseline R²" and ax.get_xlim()[0] < min(min(e) for e in expected)

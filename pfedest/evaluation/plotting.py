@@ -180,23 +180,29 @@ def plot_grid_search(search, *, param: str = "split__fraction", group: str = "sp
     return ax
 
 
+#: How each metric of a report is drawn: its name on the axes, the factor to its unit, the unit.
+_METRIC_SCALES = {"accuracy": ("accuracy", 100.0, "points"), "r2": ("R²", 1.0, "")}
+
+
 def _report_columns(report):
     if not report.has_baseline:
         raise ValueError("This report has no baseline to compare with; make it with client_report(..., baseline=...).")
-    if getattr(report, "metric", "accuracy") != "accuracy":
-        raise ValueError(f"These plots draw accuracy in points; this report scores {report.metric!r}: plot its "
-                         f"columns {report.metric!r}, 'baseline_{report.metric}' and 'change' directly.")
+    metric = getattr(report, "metric", "accuracy")
+    if metric not in _METRIC_SCALES:
+        raise ValueError(f"These plots draw {sorted(_METRIC_SCALES)}; this report scores {metric!r}: plot its "
+                         f"columns {metric!r}, 'baseline_{metric}' and 'change' directly.")
     return (np.asarray(report.clients["client"]), np.asarray(report.clients["n_samples"]),
-            np.asarray(report.clients["accuracy"]), np.asarray(report.clients["baseline_accuracy"]),
-            np.asarray(report.clients["change"]))
+            np.asarray(report.clients[metric]), np.asarray(report.clients[f"baseline_{metric}"]),
+            np.asarray(report.clients["change"]), _METRIC_SCALES[metric])
 
 
 def plot_client_change(report, *, ax=None, title: str | None = None, label: str = "model",
                        baseline_label: str = "baseline"):
-    """Each client's accuracy change against the baseline, sorted: who loses, who gains.
+    """Each client's change in score against the baseline, sorted: who loses, who gains.
 
     Bars below zero are the clients the model made worse; the dashed line is the mean change. The
-    y-axis is in accuracy points (0.05 accuracy = 5 points).
+    y-axis is in accuracy points (0.05 accuracy = 5 points) for a classifier's report, in R² for a
+    regressor's.
 
     Parameters
     ----------
@@ -228,19 +234,21 @@ def plot_client_change(report, *, ax=None, title: str | None = None, label: str 
     """
     from matplotlib.ticker import FuncFormatter
 
-    _, _, _, _, change = _report_columns(report)
+    _, _, _, _, change, (name, scale, unit) = _report_columns(report)
     order = np.argsort(change, kind="stable")
-    ordered = change[order] * 100
+    ordered = change[order] * scale
+    digits = 1 if unit else 3
     colors = np.where(ordered < 0, "#c0392b", np.where(ordered > 0, "#2e86c1", "0.6"))
     ax = _axes(ax)
     ax.bar(np.arange(len(ordered)), ordered, width=0.85, color=colors)
     ax.axhline(0, color="black", lw=0.8)
-    ax.axhline(ordered.mean(), color="black", ls="--", lw=1, label=f"mean {ordered.mean():+.1f} pts")
+    mean_label = f"mean {ordered.mean():+.{digits}f}" + (" pts" if unit == "points" else "")
+    ax.axhline(ordered.mean(), color="black", ls="--", lw=1, label=mean_label)
     ax.set_xlim(-0.7, len(ordered) - 0.3)
     ax.set_xticks([])
     ax.set_xlabel(f"clients, sorted by change ({report.n_clients})")
-    ax.set_ylabel(f"accuracy change (points)\n{label} − {baseline_label}")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+.0f}" if v else "0"))
+    ax.set_ylabel(f"{name} change" + (f" ({unit})" if unit else "") + f"\n{label} − {baseline_label}")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: (f"{v:+.0f}" if unit else f"{v:+.2g}") if v else "0"))
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="upper left", fontsize="small", frameon=False)
     ax.set_title(title if title is not None else report.hurt_text(), fontsize="medium")
@@ -249,7 +257,8 @@ def plot_client_change(report, *, ax=None, title: str | None = None, label: str 
 
 def plot_client_scatter(report, *, ax=None, title: str | None = None, label: str = "model",
                         baseline_label: str = "baseline"):
-    """Each client's accuracy under the model against the baseline; marker area grows with its rows.
+    """Each client's score under the model against the baseline (accuracy in %, or R²); marker area
+    grows with its rows.
 
     Points below the diagonal are clients the model made worse (drawn in red).
 
@@ -278,24 +287,30 @@ def plot_client_scatter(report, *, ax=None, title: str | None = None, label: str
     """
     from matplotlib.ticker import PercentFormatter
 
-    _, counts, accuracy, base, change = _report_columns(report)
+    _, counts, score, base, change, (name, scale, unit) = _report_columns(report)
+    score, base = score * scale, base * scale
     ax = _axes(ax, figsize=(4.6, 4.4))
     area = 12 + 140 * counts / counts.max()
     hurt = change < 0
-    ax.scatter(base[~hurt] * 100, accuracy[~hurt] * 100, s=area[~hurt], color="#2e86c1", alpha=0.7,
+    ax.scatter(base[~hurt], score[~hurt], s=area[~hurt], color="#2e86c1", alpha=0.7,
                edgecolor="white", lw=0.5, label="not worse")
-    ax.scatter(base[hurt] * 100, accuracy[hurt] * 100, s=area[hurt], color="#c0392b", alpha=0.8,
+    ax.scatter(base[hurt], score[hurt], s=area[hurt], color="#c0392b", alpha=0.8,
                edgecolor="white", lw=0.5, label="worse")
-    low = max(0.0, min(base.min(), accuracy.min()) * 100 - 5)
-    pad = 0.04 * (100 - low)  # room for markers on the edges (0 % and 100 % are common on small clients)
-    ax.plot([low - pad, 100 + pad], [low - pad, 100 + pad], color="0.5", lw=0.8, zorder=0)
-    ax.set_xlim(low - pad, 100 + pad)
-    ax.set_ylim(low - pad, 100 + pad)
+    top = scale  # a perfect score: accuracy 100 %, R² 1
+    finite = np.concatenate([base, score])
+    finite = finite[np.isfinite(finite)]
+    low = min(finite.min(), top) if len(finite) else 0.0
+    low = max(0.0, low - 0.05 * scale) if unit else low - 0.05 * max(top - low, 1e-9)  # R² can fall below 0
+    pad = 0.04 * (top - low)  # room for markers on the edges (0 % and 100 % are common on small clients)
+    ax.plot([low - pad, top + pad], [low - pad, top + pad], color="0.5", lw=0.8, zorder=0)
+    ax.set_xlim(low - pad, top + pad)
+    ax.set_ylim(low - pad, top + pad)
     ax.set_aspect("equal")
-    ax.set_xlabel(f"{baseline_label} accuracy")
-    ax.set_ylabel(f"{label} accuracy")
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(PercentFormatter(decimals=0))
+    ax.set_xlabel(f"{baseline_label} {name}")
+    ax.set_ylabel(f"{label} {name}")
+    if unit:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(PercentFormatter(decimals=0))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize="small", frameon=False, title="marker area: rows",
               title_fontsize="x-small")
