@@ -245,3 +245,13 @@ def test_run_round_with_round_keys_trains_each_client_as_if_alone():
     one = (np.array([0]), counts[[1]], np.array([0]), 0)
     assert client_1(*one, client_ids=np.array([1])) == everyone
     assert client_1(*one) != everyone  # keyed as client 0: other minibatches
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**64 - 1), round_number=st.integers(0, 2**64 - 1), stream=st.integers(0, 2**64 - 1))
+def test_stream_keys_on_python_ints_are_numpys_uint64_hash(seed, round_number, stream):
+    from pfedest.core.sampling import _combine
+
+    words = [np.array([v], dtype=np.uint64) for v in (seed, round_number, stream)]
+    expected = _combine(_combine(_combine(np.zeros(1, dtype=np.uint64), words[0]), words[1]), words[2])
+    assert RoundKeys(seed, round_number).stream_key(stream) == int(expected[0])
