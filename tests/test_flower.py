@@ -64,6 +64,17 @@ def flower_message(content, message_type="train", dst=11):
     return Message(content=content, metadata=metadata)
 
 
+def pin_server_identity(monkeypatch):
+    """flwr >= 1.42 makes a server's Message with the run and node ids of the ServerApp process: pin
+    them to those of :func:`flower_message`, so that a strategy runs in this process."""
+    try:
+        from flwr.supercore.task_identity import TaskIdentity
+    except ImportError:  # older flwr: nothing to pin
+        return
+    for name, value in (("_run_id", 7), ("_node_id", 1), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
 def flower_context(node_config, run_config, state=None):
     from flwr.app import Context, RecordDict
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pfedest.flower import RunSettings, export_app, read_model, run_config_for
-from test_flower import flower_context, flower_message, small_estimator, small_federation
+from test_flower import flower_context, flower_message, pin_server_identity, small_estimator, small_federation
 
 flwr = pytest.importorskip("flwr")
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
@@ -164,13 +164,7 @@ class HostileGrid:
 def test_one_hostile_node_neither_stops_nor_corrupts_the_federation(attack, monkeypatch):
     """strategy.start() for three rounds with a node that sends 1e39 examples (or float64 arrays)
     and evaluations without accuracy ends with the honest nodes' model."""
-    try:  # flwr >= 1.42 makes a server's Message with the run and node ids of the ServerApp process
-        from flwr.supercore.task_identity import TaskIdentity
-
-        for name, value in (("_run_id", 7), ("_node_id", 1), ("_task_id", 1)):
-            monkeypatch.setattr(TaskIdentity, name, value)
-    except ImportError:
-        pass
+    pin_server_identity(monkeypatch)
 
     def hostile(sent):
         if attack == "weight":

@@ -18,7 +18,7 @@ from pfedest.datasets import make_shifted_clients
 from pfedest.flower import RunSettings, export_app, read_model, run_config_for, write_model
 from pfedest.flower.privacy import ServerPrivacy, check_flower_privacy, clip_update
 from pfedest.privacy import DifferentialPrivacy, PrivateTraining, epsilon_of, round_event
-from test_flower import flower_context, flower_message, small_estimator
+from test_flower import flower_context, flower_message, pin_server_identity, small_estimator
 
 dp_accounting = pytest.importorskip("dp_accounting")
 
@@ -140,13 +140,7 @@ def test_a_private_flower_run_in_process_reproduces_the_private_fit(tmp_path, mo
     pytest.importorskip("flwr")
     from flwr.app import ConfigRecord
 
-    try:  # flwr >= 1.42 makes a server's Message with the run and node ids of the ServerApp process
-        from flwr.supercore.task_identity import TaskIdentity
-
-        for name, value in (("_run_id", 7), ("_node_id", 1), ("_task_id", 1)):
-            monkeypatch.setattr(TaskIdentity, name, value)
-    except ImportError:
-        pass
+    pin_server_identity(monkeypatch)
     import pfedest.flower as pf
 
     n_clients, n_rounds, clip = 4, 3, 0.3

@@ -13,7 +13,7 @@ from pfedest.core.schedules import StepLR
 from pfedest.core.server import ServerOptimizer
 from pfedest.datasets import make_shifted_clients
 from pfedest.flower import RunSettings, export_app, read_model, run_config_for
-from test_flower import flower_context, flower_message, small_estimator
+from test_flower import flower_context, flower_message, pin_server_identity, small_estimator
 
 
 def test_strategy_refuses_replies_with_personal_keys_and_weights_by_examples():
@@ -95,13 +95,7 @@ def test_flower_rounds_in_process_reproduce_the_estimators_fit(tmp_path, monkeyp
     pytest.importorskip("flwr")
     from flwr.app import ConfigRecord
 
-    try:  # flwr >= 1.42 makes a server's Message with the run and node ids of the ServerApp process
-        from flwr.supercore.task_identity import TaskIdentity
-
-        for name, value in (("_run_id", 7), ("_node_id", 1), ("_task_id", 1)):
-            monkeypatch.setattr(TaskIdentity, name, value)
-    except ImportError:
-        pass
+    pin_server_identity(monkeypatch)
 
     import pfedest.flower as pf
 
