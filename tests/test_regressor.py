@@ -11,12 +11,13 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV, KFold
 from torch import nn
 
-from pfedest import (Callback, Checkpoint, EvaluateClients, HeadSplit, PartialPersonalizedClassifier,
+from pfedest import (Checkpoint, EvaluateClients, HeadSplit, PartialPersonalizedClassifier,
                      PartialPersonalizedRegressor, settings)
 from pfedest.checkpoint import CheckpointError
 from pfedest.datasets import federate
 from pfedest.evaluation.report import client_report, client_scores
 from pfedest.theory.generators import make_least_squares
+from test_checkpoint import CrashAt  # raises at the end of a round, before Checkpoint saves it
 
 SMALL = dict(hidden_layer_sizes=(8,), n_rounds=6, tol=None, clients_per_round=4, random_state=0, device="cpu")
 
@@ -181,15 +182,6 @@ def test_a_client_with_one_row_has_no_r2_and_the_summaries_skip_it(fitted, data)
 
 
 # ------------------------------------------------------------------ state: pickling, checkpoints
-class CrashAt(Callback):
-    def __init__(self, round_number=0):
-        self.round_number = round_number
-
-    def on_round_end(self, estimator, record):
-        if record["round"] == self.round_number:
-            raise KeyboardInterrupt("simulated crash")
-
-
 def test_pickling_keeps_the_model(fitted, data):
     X, _, c = data
     loaded = pickle.loads(pickle.dumps(fitted))
