@@ -153,6 +153,11 @@ class FastestLoop:
             idx, _mask = minibatch_stream(rng, self.counts[sampled], BATCH, STEPS[name])
             idx = idx + self.offsets[sampled][:, None, None]
             streams[name] = torch.as_tensor(idx, device=self.device)
+        return self.train(shared, personal_state, sampled, streams)
+
+    def train(self, shared, personal_state, sampled, streams):
+        """FedAlt for the ``sampled`` clients on ``streams`` (global row indices ``[client, step, batch]``
+        per stream); their personal rows are updated in place, the weighted mean of ``u`` returned."""
         total = {n: torch.zeros_like(v) for n, v in shared.items()}
         weight = 0.0
         for i, c in enumerate(sampled.tolist()):

@@ -193,29 +193,9 @@ class FastestLoopRound:
         sampled = sampled[:self.max_clients]
         batches = draw_batches(ALGORITHMS["fedalt"], RoundKeys(self.seed, round_number), self.counts[sampled],
                                be.BATCH, be.STEPS, keys=sampled)
-        loop = self.inner
-        total = {n: torch.zeros_like(v) for n, v in state.shared.items()}
-        weight = 0.0
         first = torch.as_tensor(self.offsets[sampled], device=self.device)[:, None, None]
         streams = {name: torch.as_tensor(idx, device=self.device) + first for name, (idx, _) in batches.items()}
-        for i, c in enumerate(sampled.tolist()):
-            params = dict(state.shared)
-            params.update({n: state.personal[n][c] for n in loop.personal_names})
-            loop.module.load_state_dict(params)
-            opt = torch.optim.SGD([{"params": [loop.params[n] for n in loop.shared_names]},
-                                   {"params": [loop.params[n] for n in loop.personal_names]}], lr=be.LR)
-            loop._set_trainable(loop.personal_names)
-            loop._phase(opt, streams["personal"][i])
-            loop._set_trainable(loop.shared_names)
-            loop._phase(opt, streams["shared"][i])
-            w = float(self.counts[c])
-            with torch.no_grad():
-                for n in loop.shared_names:
-                    total[n].add_(loop.params[n], alpha=w)
-                for n in loop.personal_names:
-                    state.personal[n][c] = loop.params[n]
-            weight += w
-        state.shared = {n: t / weight for n, t in total.items()}
+        state.shared = self.inner.train(state.shared, state.personal, sampled, streams)
         return m / len(sampled)
 
 
